@@ -1,0 +1,37 @@
+"""The HTTP API: create_app() builds it from settings."""
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import service
+from service.api import datasets, jobs, models, system
+from service.config import Settings, get_settings
+from service.db import make_engine, make_sessionmaker, require_schema_at_head
+from service.errors import install_error_handlers
+from service.predict import ModelCache
+from service.storage import Storage
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI application; refuses to start on a database that is not migrated."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        require_schema_at_head(app.state.engine)
+        app.state.storage.ensure()
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(title="MLP Service", version=service.__version__, lifespan=lifespan,
+                  description="Training-as-a-service for PyTorch multilayer perceptrons.")
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.database_url)
+    app.state.sessions = make_sessionmaker(app.state.engine)
+    app.state.storage = Storage(settings.data_dir)
+    app.state.model_cache = ModelCache(app.state.storage, settings.model_cache_size)
+    install_error_handlers(app)
+    for module in (system, datasets, jobs, models):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,62 @@
+"""/datasets"""
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service import datasets
+from service.api.deps import DatasetDep, LimitDep, OffsetDep, SessionDep, SettingsDep, StorageDep
+from service.schemas import DatasetPreview, DatasetRead, Page
+from service.training.data import preview
+from service.uploads import receive_file
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "CSV, TSV or Parquet; the header row names the columns"},
+                           "name": {"type": "string", "description": "Display name (default: the file name)"}},
+        }}},
+    }
+}
+
+
+@router.post("", status_code=201, response_model=DatasetRead, openapi_extra=UPLOAD_BODY,
+             summary="Upload a data set (multipart field 'file')")
+async def upload_dataset(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep):
+    storage.ensure()
+    raw = storage.temp_path(".upload")
+    try:
+        upload = await receive_file(request, raw, max_bytes=settings.max_upload_bytes)
+        name = datasets.clean_name(upload.fields.get("name") or upload.filename, "upload")
+        return await run_in_threadpool(
+            datasets.create, session=session, storage=storage, upload_path=raw, name=name,
+            size_bytes=upload.size, sha256=upload.sha256, max_columns=settings.max_columns)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+@router.get("", response_model=Page[DatasetRead], summary="List data sets, newest first")
+def list_datasets(session: SessionDep, limit: LimitDep = 50, offset: OffsetDep = 0):
+    items, total = datasets.list_(session=session, limit=limit, offset=offset)
+    return Page[DatasetRead](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{dataset_id}", response_model=DatasetRead, summary="Show a data set and its column schema")
+def show_dataset(dataset: DatasetDep):
+    return dataset
+
+
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview, summary="First rows of a data set")
+def preview_dataset(dataset: DatasetDep, storage: StorageDep, settings: SettingsDep, limit: LimitDep = 20):
+    rows = preview(storage.dataset_file(dataset.id), min(limit, settings.preview_rows * 50))
+    return DatasetPreview(dataset_id=dataset.id, columns=[c["name"] for c in dataset.columns], rows=rows)
+
+
+@router.delete("/{dataset_id}", status_code=204, summary="Delete a data set (409 while a job needs it)")
+def delete_dataset(dataset: DatasetDep, session: SessionDep, storage: StorageDep):
+    datasets.delete(session=session, storage=storage, dataset=dataset)
+    return Response(status_code=204)

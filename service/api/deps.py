@@ -1,0 +1,71 @@
+"""Dependencies, declared once as Annotated aliases."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.orm import Session
+
+from service import datasets, jobs, predict
+from service.config import Settings
+from service.predict import ModelCache
+from service.storage import Storage
+from service.tables import Dataset, Job, Model
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_model_cache(request: Request) -> ModelCache:
+    return request.app.state.model_cache
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """The request's transaction: commit when the handler returns, roll back when it raises.
+
+    Domain code may queue file operations in session.info["on_commit"] / ["on_rollback"], so that files
+    and rows change together.
+    """
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+        session.commit()
+        for action in session.info.pop("on_commit", []):
+            action()
+    except BaseException:
+        session.rollback()
+        for action in session.info.pop("on_rollback", []):
+            action()
+        raise
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+SessionDep = Annotated[Session, Depends(get_session)]
+ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+LimitDep = Annotated[int, Query(ge=1, le=500, description="Page size")]
+OffsetDep = Annotated[int, Query(ge=0, le=10**9, description="Items to skip")]
+
+
+def dataset_or_404(dataset_id: str, session: SessionDep) -> Dataset:
+    return datasets.get(session=session, dataset_id=dataset_id)
+
+
+def job_or_404(job_id: str, session: SessionDep) -> Job:
+    return jobs.get(session=session, job_id=job_id)
+
+
+def model_or_404(model_id: str, session: SessionDep) -> Model:
+    return predict.get(session=session, model_id=model_id)
+
+
+DatasetDep = Annotated[Dataset, Depends(dataset_or_404)]
+JobDep = Annotated[Job, Depends(job_or_404)]
+ModelDep = Annotated[Model, Depends(model_or_404)]

@@ -1,0 +1,42 @@
+"""/jobs"""
+
+from fastapi import APIRouter, Query, Response
+
+from service import jobs, queue
+from service.api.deps import JobDep, LimitDep, OffsetDep, SessionDep
+from service.schemas import EpochMetricsRead, JobCreate, JobMetrics, JobRead, Page
+from service.tables import JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=JobRead, summary="Submit a training job")
+def submit_job(spec: JobCreate, session: SessionDep, response: Response):
+    job = jobs.submit(session=session, spec=spec)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return jobs.to_read(job)
+
+
+@router.get("", response_model=Page[JobRead], summary="List jobs, newest first")
+def list_jobs(session: SessionDep, status: JobStatus | None = Query(default=None),
+              dataset_id: str | None = Query(default=None, max_length=64),
+              limit: LimitDep = 50, offset: OffsetDep = 0):
+    items, total = jobs.list_(session=session, status=status, dataset_id=dataset_id, limit=limit, offset=offset)
+    return Page[JobRead](items=[jobs.to_read(j) for j in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobRead, summary="Status, progress and latest metrics of a job")
+def show_job(job: JobDep):
+    return jobs.to_read(job)
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics, summary="Every epoch's metrics")
+def job_metrics(job: JobDep, session: SessionDep):
+    rows = jobs.metrics(session=session, job=job)
+    return JobMetrics(job_id=job.id, task=job.task,
+                      epochs=[EpochMetricsRead(epoch=r.epoch, metrics=r.metrics) for r in rows])
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead, summary="Cancel a queued or running job")
+def cancel_job(job: JobDep, session: SessionDep):
+    return jobs.to_read(queue.request_cancel(session=session, job=job))

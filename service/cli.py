@@ -1,0 +1,133 @@
+"""The `mlps` command: serve, api, worker, migrate."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.config import Settings
+
+app = typer.Typer(help="MLP Service: train PyTorch multilayer perceptrons over HTTP.", no_args_is_help=True,
+                  add_completion=False)
+
+HostOpt = Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1, env MLPS_HOST)")]
+PortOpt = Annotated[int | None, typer.Option(help="Port (default 8000, env MLPS_PORT)")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Storage and SQLite folder (default ./var, env MLPS_DATA_DIR)")]
+DbOpt = Annotated[str | None, typer.Option(help="SQLAlchemy database URL (env MLPS_DATABASE_URL)")]
+
+
+def _settings(host=None, port=None, data_dir=None, database_url=None) -> Settings:
+    """Settings from the environment, with command-line options taking precedence."""
+    overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
+                                   "database_url": database_url}.items() if v is not None}
+    if data_dir is not None and database_url is None and not os.environ.get("MLPS_DATABASE_URL"):
+        overrides["database_url"] = ""  # recomputed under the new data dir
+    return Settings(**overrides)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _env_for(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLPS_DATA_DIR"] = str(settings.data_dir)
+    env["MLPS_DATABASE_URL"] = settings.database_url
+    return env
+
+
+def _check_schema(settings: Settings) -> None:
+    from service.db import SchemaNotReady, make_engine, require_schema_at_head
+
+    engine = make_engine(settings.database_url)
+    try:
+        require_schema_at_head(engine)
+    except SchemaNotReady as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def migrate(data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
+    """Create or upgrade the database schema to the newest version."""
+    from service.db import migrate as run_migrations
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    run_migrations(settings.database_url)
+    typer.echo("database schema is up to date")
+
+
+@app.command()
+def api(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
+    """Run the HTTP API only (no training)."""
+    import uvicorn
+
+    from service.api import create_app
+
+    _logging()
+    settings = _settings(host, port, data_dir, database_url)
+    _check_schema(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def worker(
+    devices: Annotated[str, typer.Option(help="auto, cpu, or a list such as cuda:0,cuda:1")] = "auto",
+    data_dir: DataDirOpt = None, database_url: DbOpt = None,
+) -> None:
+    """Run a worker that claims and trains queued jobs."""
+    from service.devices import discover
+    from service.worker import Worker
+
+    _logging()
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    _check_schema(settings)
+    try:
+        found = discover(devices)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    Worker(settings, found).run()
+
+
+@app.command()
+def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = None,
+          database_url: DbOpt = None,
+          devices: Annotated[str, typer.Option(help="Devices for the embedded worker")] = "auto") -> None:
+    """Migrate, then run the API and one worker process together (the single-machine setup)."""
+    import uvicorn
+
+    from service.api import create_app
+    from service.db import migrate as run_migrations
+
+    _logging()
+    settings = _settings(host, port, data_dir, database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    run_migrations(settings.database_url)
+    worker_proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--devices", devices],
+                                   env=_env_for(settings))
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    finally:
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+            worker_proc.wait()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

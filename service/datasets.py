@@ -1,0 +1,72 @@
+"""Data sets: create from an upload, look up, list, preview, delete."""
+
+import os
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.errors import Conflict, InvalidInput, NotFound
+from service.queue import new_id
+from service.storage import Storage, publish
+from service.tables import Dataset, Job, JobStatus
+from service.training import data as D
+
+
+def clean_name(name: str | None, fallback: str) -> str:
+    """A display name: the base name of what the client sent, never used as a path."""
+    base = os.path.basename((name or "").replace("\\", "/")).strip()
+    return (base or fallback)[:255]
+
+
+def create(*, session: Session, storage: Storage, upload_path: Path, name: str, size_bytes: int, sha256: str,
+           max_columns: int) -> Dataset:
+    """Parse the uploaded file; store it as Parquet and register it. A bad file leaves nothing behind."""
+    dataset_id = new_id("ds")
+    staged = storage.temp_path(".parquet")
+    try:
+        try:
+            result = D.ingest(upload_path, staged, max_columns=max_columns)
+        except D.DataError as exc:
+            errors = [{"column": exc.column, "message": str(exc)}] if exc.column else [
+                {"field": "file", "message": str(exc)}]
+            raise InvalidInput(str(exc), errors=errors) from None
+        dest = storage.dataset_file(dataset_id)
+        publish(staged, dest)
+    finally:
+        staged.unlink(missing_ok=True)
+    dataset = Dataset(id=dataset_id, name=name, format=result.format, n_rows=result.n_rows,
+                      n_columns=len(result.columns), columns=result.columns, size_bytes=size_bytes, sha256=sha256)
+    session.add(dataset)
+    session.info.setdefault("on_rollback", []).append(lambda: dest.unlink(missing_ok=True))
+    session.flush()
+    return dataset
+
+
+def get(*, session: Session, dataset_id: str) -> Dataset:
+    """The data set with this id, or NotFound."""
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no data set with id '{dataset_id}'; GET /datasets lists them")
+    return dataset
+
+
+def list_(*, session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    """A page of data sets, newest first, and the total count."""
+    total = session.scalar(select(func.count()).select_from(Dataset))
+    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id)
+                           .limit(limit).offset(offset)).all()
+    return list(rows), int(total or 0)
+
+
+def delete(*, session: Session, storage: Storage, dataset: Dataset) -> None:
+    """Delete a data set no queued or running job needs; its file goes once the transaction commits."""
+    busy = session.scalars(select(Job.id).where(Job.dataset_id == dataset.id,
+                                                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
+    if busy:
+        raise Conflict(f"data set '{dataset.id}' is used by queued or running job(s) {', '.join(busy)}; "
+                       "cancel them or wait until they finish")
+    session.delete(dataset)
+    session.flush()
+    dataset_id = dataset.id
+    session.info.setdefault("on_commit", []).append(lambda: storage.remove_dataset(dataset_id))

@@ -1,0 +1,114 @@
+"""Typed domain errors and the one JSON error format (RFC 9457 problem details)."""
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("mlps.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see; carries its HTTP status."""
+
+    status = 500
+    slug = "internal-error"
+    title = "Internal server error"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or {}
+
+
+class NotFound(ServiceError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(ServiceError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class InvalidInput(ServiceError):
+    status, slug, title = 422, "invalid-input", "Invalid input"
+
+
+class PayloadTooLarge(ServiceError):
+    status, slug, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMedia(ServiceError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+def problem(status: int, slug: str, title: str, detail: str, request: Request,
+            errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {
+        "type": f"/problems/{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": errors or [],
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _loc_to_field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        msg = err.get("msg", "invalid value")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field; remove it (see the job spec in the README for accepted fields)"
+        elif err.get("type") == "literal_error" and "expected" in err.get("ctx", {}):
+            msg = f"must be one of {err['ctx']['expected']}"
+        out.append({"field": _loc_to_field(tuple(err.get("loc", ()))), "message": msg})
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, ours or the framework's, in the same problem shape."""
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next):
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        response = await call_next(request)
+        response.headers["x-request-id"] = request.state.request_id
+        return response
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return problem(exc.status, exc.slug, exc.title, exc.detail, request, exc.errors, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem(422, "invalid-input", "Invalid input", detail, request, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        return problem(exc.status_code, slug, title, str(exc.detail), request,
+                       headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = getattr(request.state, "request_id", None)
+        log.exception("unhandled error (request_id=%s)", rid)
+        return problem(500, "internal-error", "Internal server error",
+                       f"an unexpected error occurred; quote request id {rid} when reporting it", request)

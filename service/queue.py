@@ -1,0 +1,174 @@
+"""The jobs table is the queue, and this module is the only code that changes a job's status.
+
+Every change is one guarded UPDATE whose WHERE names the expected status (and, for a worker, its lease
+token). "0 rows updated" means someone else moved the job first: that is a conflict, never a success.
+"""
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from service.db import utcnow
+from service.errors import Conflict
+from service.tables import EpochMetric, Job, JobStatus, Model
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds this job: it was reclaimed, cancelled or finished elsewhere."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    token: str
+    device_request: str
+    attempt: int
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def enqueue(*, session: Session, dataset_id: str, spec: dict[str, Any], task: str) -> Job:
+    """Add a queued job for a validated spec."""
+    job = Job(id=new_id("job"), dataset_id=dataset_id, spec=spec, task=task, status=JobStatus.QUEUED,
+              device_request=spec.get("device", "auto"), epochs=spec["training"]["epochs"], epoch=0,
+              attempts=0, cancel_requested=False)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim_next_job(*, session: Session, worker_id: str, device_requests: list[str], lease_s: float) -> Claim | None:
+    """Atomically take the oldest queued job this worker can run; None when there is none."""
+    candidate = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, Job.device_request.in_(device_requests))
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    now = utcnow()
+    token = secrets.token_hex(16)
+    row = session.execute(
+        update(Job)
+        .where(Job.id == candidate.scalar_subquery(), Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, worker_id=worker_id, lease_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_s), attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now), updated_at=now)
+        .returning(Job.id, Job.device_request, Job.attempts)
+    ).first()
+    if row is None:
+        return None
+    return Claim(job_id=row[0], token=token, device_request=row[1], attempt=row[2])
+
+
+def _guarded(session: Session, job_id: str, token: str, **values: Any) -> None:
+    """Update a running job this lease holds, or raise LeaseLost."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_token == token)
+        .values(updated_at=utcnow(), **values)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(job_id)
+
+
+def _cancel_requested(session: Session, job_id: str) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def heartbeat(*, session: Session, job_id: str, token: str, lease_s: float) -> bool:
+    """Renew the lease; returns whether the user asked to cancel."""
+    _guarded(session, job_id, token, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    return _cancel_requested(session, job_id)
+
+
+def set_device(*, session: Session, job_id: str, token: str, device: str) -> None:
+    """Record the device the job trains on."""
+    _guarded(session, job_id, token, device=device)
+
+
+def record_epoch(*, session: Session, job_id: str, token: str, epoch: int, metrics: dict[str, Any],
+                 lease_s: float) -> bool:
+    """Store one epoch's metrics and renew the lease; returns whether the user asked to cancel."""
+    _guarded(session, job_id, token, epoch=epoch, latest_metrics={"epoch": epoch, **metrics},
+             lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    session.execute(insert(EpochMetric).values(job_id=job_id, epoch=epoch, metrics=metrics, created_at=utcnow()))
+    return _cancel_requested(session, job_id)
+
+
+def _terminal(status: JobStatus, **values: Any) -> dict[str, Any]:
+    return {"status": status, "lease_token": None, "lease_expires_at": None, "finished_at": utcnow(), **values}
+
+
+def succeed(*, session: Session, job_id: str, token: str, model: Model, result: dict[str, Any]) -> None:
+    """running → succeeded, storing the model row in the same transaction."""
+    _guarded(session, job_id, token, **_terminal(JobStatus.SUCCEEDED, model_id=model.id, result=result))
+    session.add(model)
+    session.flush()
+
+
+def fail(*, session: Session, job_id: str, token: str, error: str, result: dict[str, Any] | None = None) -> None:
+    """running → failed with a message a person can act on."""
+    _guarded(session, job_id, token, **_terminal(JobStatus.FAILED, error=error, result=result))
+
+
+def finish_cancelled(*, session: Session, job_id: str, token: str) -> None:
+    """running → cancelled, once the job's process has stopped."""
+    _guarded(session, job_id, token, **_terminal(JobStatus.CANCELLED, error="cancelled by request"))
+
+
+def release(*, session: Session, job_id: str, token: str) -> None:
+    """running → queued without counting the attempt (the worker is shutting down)."""
+    _guarded(session, job_id, token, status=JobStatus.QUEUED, worker_id=None, lease_token=None,
+             lease_expires_at=None, attempts=Job.attempts - 1, device=None)
+
+
+def request_cancel(*, session: Session, job: Job) -> Job:
+    """queued → cancelled at once; running → flagged, cancelled by its worker once the process stops."""
+    now = utcnow()
+    done = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, error="cancelled by request",
+                finished_at=now, updated_at=now)
+    ).rowcount
+    if not done:
+        done = session.execute(
+            update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True, updated_at=now)
+        ).rowcount
+    session.flush()
+    session.refresh(job)
+    if not done:
+        raise Conflict(f"job {job.id} is already {job.status}; only queued or running jobs can be cancelled")
+    return job
+
+
+def reap_expired(*, session: Session, max_attempts: int) -> list[str]:
+    """Jobs whose lease ran out go back to the queue, or fail after too many lost attempts."""
+    now = utcnow()
+    expired = and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+    cancelled = session.execute(
+        update(Job).where(expired, Job.cancel_requested.is_(True))
+        .values(**_terminal(JobStatus.CANCELLED, error="cancelled by request"), updated_at=now)
+        .returning(Job.id)
+    ).scalars().all()
+    failed = session.execute(
+        update(Job).where(expired, Job.attempts >= max_attempts)
+        .values(**_terminal(JobStatus.FAILED, error=f"the job lost its worker {max_attempts} times "
+                            "(worker crashed or machine restarted); giving up"), updated_at=now)
+        .returning(Job.id)
+    ).scalars().all()
+    requeued = session.execute(
+        update(Job).where(expired, Job.attempts < max_attempts)
+        .values(status=JobStatus.QUEUED, worker_id=None, lease_token=None, lease_expires_at=None, device=None,
+                updated_at=now)
+        .returning(Job.id)
+    ).scalars().all()
+    return [*cancelled, *failed, *requeued]

@@ -1,0 +1,175 @@
+"""Request and response models. Inputs forbid unknown fields; every number has explicit bounds."""
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class ColumnRead(BaseModel):
+    name: str
+    kind: Literal["numeric", "categorical", "boolean"]
+    dtype: str
+    n_missing: int
+    n_unique: int
+    stats: dict[str, Any]
+
+
+class DatasetRead(_Output):
+    id: str
+    name: str
+    format: str
+    n_rows: int
+    n_columns: int
+    columns: list[ColumnRead]
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class DatasetPreview(BaseModel):
+    dataset_id: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class ModelSpec(_Input):
+    type: Literal["mlp", "logistic_regression"] = Field(
+        default="mlp", description="mlp: hidden layers; logistic_regression: one sigmoid/softmax layer")
+    hidden_layers: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
+        default=[64, 64], max_length=32, description="Width of each hidden layer (mlp only)")
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_norm: bool = False
+
+
+class TrainingSpec(_Input):
+    epochs: int = Field(default=100, ge=1, le=100_000)
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0, allow_inf_nan=False)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    validation_fraction: float = Field(default=0.2, ge=0.0, le=0.5, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    early_stopping_patience: int = Field(
+        default=20, ge=0, le=100_000,
+        description="Stop after this many epochs without improvement of early_stopping_metric and keep the "
+                    "best epoch's weights; 0 trains every epoch and keeps the last")
+    early_stopping_metric: Literal["val_loss", "val_accuracy", "val_rmse", "val_r2"] = "val_loss"
+
+
+class JobCreate(_Input):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"dataset_id": "ds_0123456789abcdef", "target": "species"}]},
+    )
+
+    dataset_id: str = Field(min_length=1, max_length=64)
+    target: str = Field(min_length=1, max_length=1024, description="Column to predict")
+    features: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        default=None, min_length=1, description="Input columns; null means every column but the target")
+    task: Literal["auto", "classification", "regression"] = "auto"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,2}|mps)$",
+                        description="auto, cpu, cuda, cuda:N or mps")
+
+
+class Progress(BaseModel):
+    epoch: int
+    epochs: int
+
+
+class JobRead(_Output):
+    id: str
+    status: str
+    dataset_id: str | None
+    task: str
+    spec: dict[str, Any]
+    progress: Progress
+    latest_metrics: dict[str, Any] | None
+    device_request: str
+    device: str | None
+    attempts: int
+    cancel_requested: bool
+    waiting_for: str | None = None
+    error: str | None
+    result: dict[str, Any] | None
+    model_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None = None
+
+
+class EpochMetricsRead(BaseModel):
+    epoch: int
+    metrics: dict[str, Any]
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    task: str
+    epochs: list[EpochMetricsRead]
+
+
+# ---------------------------------------------------------------- models and predict
+
+
+class ModelRead(_Output):
+    id: str
+    job_id: str | None
+    dataset_id: str | None
+    model_type: str
+    task: str
+    target: str | None
+    features: list[dict[str, Any]]
+    labels: list[Any] | None
+    metrics: dict[str, Any]
+    size_bytes: int
+    created_at: datetime
+
+
+class PredictRequest(_Input):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model_id": "mdl_0123456789abcdef", "records": [
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]}]},
+    )
+
+    model_id: str = Field(min_length=1, max_length=64)
+    records: list[dict[str, Any]] = Field(min_length=1, description="One object per row, keyed by column name")
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    predictions: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,1 @@
+"""Pure training code: torch + numpy + pyarrow, no database and no HTTP."""

@@ -1,0 +1,427 @@
+"""Parsing uploads, schema inference, and preprocessing fitted as JSON-able parameters.
+
+Pure pyarrow + numpy: no database, no HTTP.
+"""
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+SNIFF_BYTES = 64 * 1024
+CSV_BLOCK_BYTES = 8 << 20
+DELIMITERS = (",", "\t", ";", "|")
+# An integer target with at most this many distinct values is taken for class labels.
+MAX_CLASSES_FOR_INT_TARGET = 20
+TOP_VALUES = 5
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says what to change."""
+
+    def __init__(self, message: str, *, column: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+@dataclass
+class IngestResult:
+    format: str
+    n_rows: int
+    columns: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def sniff_format(path: Path) -> tuple[str, str | None]:
+    """(format, delimiter) from the file's content, whatever its name says."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    if not head:
+        raise DataError("the file is empty; upload a CSV or TSV with a header row, or a Parquet file")
+    if head.startswith(b"PAR1"):
+        return "parquet", None
+    if b"\x00" in head:
+        raise DataError("the file is binary, not CSV, TSV or Parquet; upload a UTF-8 text table or Parquet")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut by the sniff window is fine; anything earlier is not UTF-8.
+        if exc.start < len(head) - 4:
+            raise DataError(
+                f"the file is not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8 and upload again"
+            ) from None
+        text = head[: exc.start].decode("utf-8")
+    text = text.lstrip("\ufeff")
+    header = text.splitlines()[0] if text.strip() else ""
+    if not header.strip():
+        raise DataError("the first line is empty; the first line must be the header row with the column names")
+    counts = {d: header.count(d) for d in DELIMITERS}
+    delimiter = max(DELIMITERS, key=lambda d: counts[d])
+    if counts[delimiter] == 0:
+        delimiter = ","
+    return ("tsv" if delimiter == "\t" else "csv"), delimiter
+
+
+def _normalise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Keep numbers, booleans and strings; dates and other scalars become strings."""
+    arrays, fields = [], []
+    for f, arr in zip(batch.schema, batch.columns, strict=True):
+        t = f.type
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            raise DataError(
+                f"column '{f.name}' holds bytes that are not UTF-8 text; save the file as UTF-8 and upload again",
+                column=f.name,
+            )
+        if pa.types.is_nested(t):
+            raise DataError(f"column '{f.name}' is nested ({t}); only flat columns are accepted", column=f.name)
+        if pa.types.is_null(t):
+            arr = arr.cast(pa.float64())
+        elif pa.types.is_dictionary(t) or pa.types.is_large_string(t):
+            arr = arr.cast(pa.string())
+        elif pa.types.is_decimal(t) or pa.types.is_float16(t):
+            arr = arr.cast(pa.float64())
+        elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+                  or pa.types.is_string(t)):
+            arr = arr.cast(pa.string())
+        arrays.append(arr)
+        fields.append(pa.field(f.name, arr.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _check_names(names: list[str], max_columns: int) -> None:
+    if len(names) > max_columns:
+        raise DataError(f"the file has {len(names)} columns; at most {max_columns} are accepted")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not name.strip():
+            raise DataError(f"column {i + 1} has an empty name; every column needs a name in the header row")
+        if name in seen:
+            raise DataError(f"column name '{name}' appears more than once; column names must be unique",
+                            column=name)
+        seen.add(name)
+
+
+_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+)")
+
+
+def _csv_batches(path: Path, delimiter: str, column_types: dict[str, pa.DataType]):
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types),
+    )
+    return reader.schema.names, reader
+
+
+def _write_batches(names: list[str], batches, dest: Path, max_columns: int) -> int:
+    _check_names(names, max_columns)
+    writer = None
+    n_rows = 0
+    try:
+        for batch in batches:
+            batch = _normalise_batch(batch)
+            if writer is None:
+                writer = pq.ParquetWriter(dest, batch.schema, compression="zstd")
+            elif batch.schema != writer.schema:
+                batch = batch.cast(writer.schema)
+            writer.write_batch(batch)
+            n_rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return n_rows
+
+
+def _write_csv(path: Path, delimiter: str, dest: Path, max_columns: int) -> int:
+    # pyarrow infers a column's type from the first block; a later value that does not fit
+    # (e.g. "x" in an int column) is retried with a wider type for that column: int → float → string.
+    column_types: dict[str, pa.DataType] = {}
+    for _ in range(2 * max_columns + 2):
+        try:
+            names, reader = _csv_batches(path, delimiter, column_types)
+            return _write_batches(names, reader, dest, max_columns)
+        except pa.ArrowInvalid as exc:
+            msg = str(exc)
+            m = _CONVERSION.search(msg)
+            if not m:
+                if "Expected" in msg and "columns" in msg:
+                    raise DataError(
+                        "ragged rows: " + msg.replace("CSV parse error: ", "")
+                        + "; every row needs as many fields as the header"
+                    ) from None
+                raise DataError(f"the file could not be parsed as {('TSV' if delimiter == chr(9) else 'CSV')}: "
+                                f"{msg}") from None
+            name = names[int(m.group(1))]
+            current = m.group(2)
+            column_types[name] = pa.float64() if current.startswith(("int", "uint", "null")) else pa.string()
+            dest.unlink(missing_ok=True)
+    raise DataError("the file's column types could not be determined")
+
+
+def _write_parquet(path: Path, dest: Path, max_columns: int) -> int:
+    try:
+        src = pq.ParquetFile(path)
+        names = src.schema_arrow.names
+        return _write_batches(names, src.iter_batches(batch_size=65536), dest, max_columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"the file looks like Parquet but could not be read: {exc}") from None
+
+
+def summarise_column(name: str, col: pa.ChunkedArray) -> dict[str, Any]:
+    """Kind, dtype, missing and distinct counts, and summary stats of one column."""
+    t = col.type
+    n_missing = col.null_count
+    info: dict[str, Any] = {"name": name, "dtype": str(t)}
+    if pa.types.is_boolean(t):
+        info["kind"] = "boolean"
+    elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        info["kind"] = "numeric"
+    else:
+        info["kind"] = "categorical"
+    stats: dict[str, Any] = {}
+    if info["kind"] == "numeric":
+        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        finite = values[np.isfinite(values)]
+        n_missing = int(np.isnan(values).sum())
+        stats["n_infinite"] = int(np.isinf(values).sum())
+        if finite.size:
+            stats.update(min=float(finite.min()), max=float(finite.max()),
+                         mean=float(finite.mean()), std=float(finite.std()))
+    if info["kind"] in ("categorical", "boolean") or (pa.types.is_integer(t)):
+        counts = pc.value_counts(col.drop_null())
+        if len(counts):
+            pairs = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                               strict=True), key=lambda vc: (-vc[1], str(vc[0])))
+            stats["top"] = [{"value": v, "count": c} for v, c in pairs[:TOP_VALUES]]
+    info["n_missing"] = int(n_missing)
+    info["n_unique"] = int(pc.count_distinct(col.drop_null()).as_py())
+    info["stats"] = _finite(stats)
+    return info
+
+
+def _finite(obj: Any) -> Any:
+    """JSON cannot hold NaN or infinity: such figures become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def ingest(src: Path, dest: Path, *, max_columns: int) -> IngestResult:
+    """Parse an uploaded file, write it to `dest` as Parquet, and describe its columns."""
+    fmt, delimiter = sniff_format(src)
+    try:
+        if fmt == "parquet":
+            n_rows = _write_parquet(src, dest, max_columns)
+        else:
+            n_rows = _write_csv(src, delimiter, dest, max_columns)
+        if n_rows == 0:
+            raise DataError("the file has a header but no data rows")
+        table = pq.ParquetFile(dest)
+        columns = []
+        for name in table.schema_arrow.names:
+            columns.append(summarise_column(name, pq.read_table(dest, columns=[name]).column(0)))
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return IngestResult(format=fmt, n_rows=n_rows, columns=columns)
+
+
+def preview(path: Path, n: int) -> list[dict[str, Any]]:
+    """The first n rows as JSON-able records."""
+    pf = pq.ParquetFile(path)
+    rows: list[dict[str, Any]] = []
+    for batch in pf.iter_batches(batch_size=n):
+        rows = batch.slice(0, n).to_pylist()
+        break
+    return _finite(rows)
+
+
+# ---------------------------------------------------------------- task and preprocessing
+
+
+def infer_task(column: dict[str, Any]) -> str:
+    """classification for strings, booleans and small-integer targets; regression for the rest."""
+    if column["kind"] in ("categorical", "boolean"):
+        return "classification"
+    if column["dtype"].startswith(("int", "uint")) and column["n_unique"] <= MAX_CLASSES_FOR_INT_TARGET:
+        return "classification"
+    return "regression"
+
+
+def load_columns(path: Path, names: list[str]) -> pa.Table:
+    return pq.read_table(path, columns=names)
+
+
+def _numeric(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    values = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str]) -> dict[str, Any]:
+    """Imputation, standardisation and one-hot categories, fitted on these (training) rows only."""
+    out = []
+    for name in features:
+        col = table.column(name)
+        if kinds[name] == "categorical":
+            strings = pc.cast(col, pa.string()).drop_null()
+            if len(strings) == 0:
+                raise DataError(f"feature '{name}' has no values in the training rows", column=name)
+            counts = pc.value_counts(strings)
+            values = counts.field("values").to_pylist()
+            freq = counts.field("counts").to_pylist()
+            most = min(zip(values, freq, strict=True), key=lambda vc: (-vc[1], vc[0]))[0]
+            out.append({"name": name, "kind": "categorical", "categories": sorted(values), "fill": most})
+        else:
+            values = _numeric(col)
+            finite = values[~np.isnan(values)]
+            if finite.size == 0:
+                raise DataError(f"feature '{name}' has no numeric values in the training rows", column=name)
+            median = float(np.median(finite))
+            filled = np.where(np.isnan(values), median, values)
+            std = float(filled.std())
+            out.append({"name": name, "kind": kinds[name], "fill": median, "mean": float(filled.mean()),
+                        "scale": std if std > 1e-12 else 1.0})
+    return {"features": out, "n_inputs": sum(len(f["categories"]) if f["kind"] == "categorical" else 1
+                                             for f in out)}
+
+
+def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
+    """Apply fitted preprocessing: a float32 matrix, one column per number, one per category."""
+    n = table.num_rows
+    X = np.zeros((n, params["n_inputs"]), dtype=np.float32)
+    j = 0
+    for f in params["features"]:
+        col = table.column(f["name"])
+        if f["kind"] == "categorical":
+            cats = pa.array(f["categories"], pa.string())
+            strings = pc.fill_null(pc.cast(col, pa.string()), f["fill"])
+            # index_in gives null for a category never seen in training: that row's one-hot stays all zeros.
+            idx = pc.index_in(strings, value_set=cats).to_numpy(zero_copy_only=False)
+            idx = np.asarray(_nulls_to_minus_one(idx), dtype=np.int64)
+            rows = np.nonzero(idx >= 0)[0]
+            X[rows, j + idx[rows]] = 1.0
+            j += len(f["categories"])
+        else:
+            values = _numeric(col)
+            values = np.where(np.isnan(values), f["fill"], values)
+            X[:, j] = (values - f["mean"]) / f["scale"]
+            j += 1
+    return X
+
+
+def _nulls_to_minus_one(idx: np.ndarray) -> np.ndarray:
+    """index_in's nulls arrive as NaN (float) or None (object): map them to -1."""
+    if idx.dtype == object:
+        return np.array([-1 if v is None else v for v in idx], dtype=np.int64)
+    if np.issubdtype(idx.dtype, np.floating):
+        return np.where(np.isnan(idx), -1, idx).astype(np.int64)
+    return idx
+
+
+def fit_target(col: pa.ChunkedArray, task: str) -> dict[str, Any]:
+    """Label list (classification) or mean and scale (regression) of the target."""
+    if task == "classification":
+        values = col.drop_null()
+        if pa.types.is_floating(col.type):
+            values = _integral(values)
+        labels = sorted(pc.unique(values).to_pylist(), key=lambda v: (str(type(v)), v))
+        return {"task": task, "labels": labels}
+    values = _numeric(col)
+    finite = values[~np.isnan(values)]
+    std = float(finite.std()) if finite.size else 1.0
+    return {"task": task, "mean": float(finite.mean()) if finite.size else 0.0,
+            "scale": std if std > 1e-12 else 1.0}
+
+
+def _integral(values):
+    try:
+        return pc.cast(values, pa.int64())
+    except pa.ArrowInvalid:
+        raise DataError("the target holds fractional numbers, which cannot be class labels; "
+                        "use task 'regression'") from None
+
+
+def encode_target(col: pa.ChunkedArray, target: dict[str, Any]) -> np.ndarray:
+    """Class indices (int64, -1 where missing or unseen) or standardised floats (NaN where missing)."""
+    if target["task"] == "classification":
+        values = _integral(col) if pa.types.is_floating(col.type) else col
+        label_type = values.type
+        idx = pc.index_in(values, value_set=pa.array(target["labels"], label_type)).to_numpy(zero_copy_only=False)
+        return _nulls_to_minus_one(idx)
+    values = _numeric(col)
+    return (values - target["mean"]) / target["scale"]
+
+
+def decode_regression(values: np.ndarray, target: dict[str, Any]) -> np.ndarray:
+    return values * target["scale"] + target["mean"]
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    validation: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def split_rows(n: int, fraction: float, seed: int, strata: np.ndarray | None = None) -> Split:
+    """Seeded train/validation split, stratified by class when `strata` is given."""
+    rng = np.random.default_rng(seed)
+    if fraction <= 0 or n < 2:
+        return Split(train=np.arange(n), validation=np.arange(0))
+    if strata is None:
+        perm = rng.permutation(n)
+        k = min(max(1, round(n * fraction)), n - 1)
+        return Split(train=np.sort(perm[k:]), validation=np.sort(perm[:k]))
+    train, val = [], []
+    for cls in np.unique(strata):
+        rows = np.nonzero(strata == cls)[0]
+        rows = rows[rng.permutation(rows.size)]
+        k = round(rows.size * fraction) if rows.size > 1 else 0
+        val.append(rows[:k])
+        train.append(rows[k:])
+    return Split(train=np.sort(np.concatenate(train)), validation=np.sort(np.concatenate(val)))
+
+
+def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[str, Any]]) -> pa.Table:
+    """Predict-time records → a table with the trained features' types; errors name record and column."""
+    arrays = {}
+    for f in feature_params:
+        name, kind = f["name"], f["kind"]
+        values = []
+        for i, rec in enumerate(records):
+            if name not in rec:
+                raise DataError(f"record {i}: column '{name}' is missing", column=name)
+            v = rec[name]
+            if v is None:
+                values.append(None)
+            elif kind == "categorical":
+                if isinstance(v, (dict, list)):
+                    raise DataError(f"record {i}: column '{name}' expects a text category, got {type(v).__name__}",
+                                    column=name)
+                values.append(str(v).lower() if isinstance(v, bool) else str(v))
+            elif kind == "boolean":
+                if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
+                    values.append(float(v))
+                else:
+                    raise DataError(f"record {i}: column '{name}' expects true or false, got {v!r}", column=name)
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise DataError(f"record {i}: column '{name}' expects a number, got {v!r}", column=name)
+                values.append(float(v))
+        arrays[name] = pa.array(values, pa.string() if kind == "categorical" else pa.float64())
+    return pa.table(arrays) if arrays else pa.table({})

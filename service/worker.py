@@ -1,0 +1,213 @@
+"""The worker: claims jobs, runs each in its own child process on one device, keeps leases alive."""
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import update
+
+from service import queue
+from service.config import Settings
+from service.db import make_engine, make_sessionmaker, require_schema_at_head, session_scope, utcnow
+from service.devices import Device, accepted_requests, choose
+from service.storage import Storage
+from service.tables import Job, JobStatus
+from service.tables import Worker as WorkerRow
+
+log = logging.getLogger("mlps.worker")
+
+REAP_EVERY_S = 5.0
+
+
+def _context() -> mp.context.BaseContext:
+    """Children fork from a server that imported torch once, so a job start does not pay for it again."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["service.runner"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+@dataclass
+class Slot:
+    """A running job: its child process, its device and its lease."""
+
+    claim: queue.Claim
+    device: Device
+    process: mp.process.BaseProcess
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    cancel_seen_at: float | None = None
+
+
+class Worker:
+    """Claims queued jobs its devices can run, one child process per job and device."""
+
+    def __init__(self, settings: Settings, devices: list[Device], *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.devices = devices
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.storage = Storage(settings.data_dir)
+        self.slots: dict[str, Slot] = {}
+        self._stop = threading.Event()
+        self._ctx = _context()
+        self._last_reap = 0.0
+        self._last_beat = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Check the schema and register this worker."""
+        require_schema_at_head(self.engine)
+        self.storage.ensure()
+        with session_scope(self.sessions) as s:
+            s.add(WorkerRow(id=self.id, host=socket.gethostname(), pid=os.getpid(),
+                            devices=[d.as_dict() for d in self.devices]))
+        log.info("worker %s ready on %s", self.id, ", ".join(d.description for d in self.devices))
+
+    def stop(self, *_args) -> None:
+        """Stop claiming; running jobs are handed back to the queue."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until stopped (SIGTERM or SIGINT)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        self.start()
+        try:
+            while not self._stop.is_set():
+                self.tick()
+                self._stop.wait(self.settings.poll_interval_s)
+        finally:
+            self.shutdown()
+
+    def run_once(self, timeout_s: float = 600.0) -> str | None:
+        """Claim at most one job, run it to the end, and return its id (None if the queue was empty)."""
+        claim = self._claim()
+        if claim is None:
+            return None
+        deadline = time.monotonic() + timeout_s
+        while self.slots and time.monotonic() < deadline:
+            self._supervise()
+            if self.slots:
+                time.sleep(0.05)
+        return claim.job_id
+
+    def tick(self) -> None:
+        """One round: reap, supervise children, heartbeat, claim while a device is free."""
+        now = time.monotonic()
+        if now - self._last_reap >= REAP_EVERY_S:
+            self._last_reap = now
+            with session_scope(self.sessions) as s:
+                reaped = queue.reap_expired(session=s, max_attempts=self.settings.max_attempts)
+            if reaped:
+                log.warning("reclaimed jobs with expired leases: %s", ", ".join(reaped))
+        self._supervise()
+        if now - self._last_beat >= self.settings.heartbeat_s:
+            self._last_beat = now
+            with session_scope(self.sessions) as s:
+                s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(heartbeat_at=utcnow()))
+        while not self._stop.is_set() and self._claim() is not None:
+            pass
+
+    def shutdown(self) -> None:
+        """Stop every child and hand its job back to the queue without counting the attempt."""
+        for job_id, slot in list(self.slots.items()):
+            self._terminate(slot)
+            try:
+                with session_scope(self.sessions) as s:
+                    queue.release(session=s, job_id=job_id, token=slot.claim.token)
+                log.info("job %s handed back to the queue", job_id)
+            except queue.LeaseLost:
+                pass  # it finished or was cancelled meanwhile
+            self.slots.pop(job_id, None)
+        with session_scope(self.sessions) as s:
+            s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(stopped_at=utcnow()))
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ jobs
+
+    def _free_devices(self) -> list[Device]:
+        busy = {slot.device.name for slot in self.slots.values()}
+        return [d for d in self.devices if d.name not in busy]
+
+    def _claim(self) -> queue.Claim | None:
+        free = self._free_devices()
+        if not free:
+            return None
+        with session_scope(self.sessions) as s:
+            claim = queue.claim_next_job(session=s, worker_id=self.id, device_requests=accepted_requests(free),
+                                         lease_s=self.settings.lease_s)
+        if claim is None:
+            return None
+        device = choose(claim.device_request, free, busy=set())
+        log.info("job %s claimed (attempt %d) on %s", claim.job_id, claim.attempt, device.description)
+        from service.runner import run_job
+
+        process = self._ctx.Process(
+            target=run_job, name=f"mlps-job-{claim.job_id}",
+            args=(self.settings.model_dump_json(), claim.job_id, claim.token, device.name, device.description),
+        )
+        process.start()
+        self.slots[claim.job_id] = Slot(claim=claim, device=device, process=process)
+        return claim
+
+    def _supervise(self) -> None:
+        for job_id, slot in list(self.slots.items()):
+            if not slot.process.is_alive():
+                slot.process.join()
+                self._after_exit(slot)
+                del self.slots[job_id]
+                continue
+            now = time.monotonic()
+            if now - slot.last_heartbeat >= self.settings.heartbeat_s:
+                slot.last_heartbeat = now
+                try:
+                    with session_scope(self.sessions) as s:
+                        cancel = queue.heartbeat(session=s, job_id=job_id, token=slot.claim.token,
+                                                 lease_s=self.settings.lease_s)
+                except queue.LeaseLost:
+                    log.warning("job %s: lease lost, stopping its process", job_id)
+                    self._terminate(slot)
+                    del self.slots[job_id]
+                    continue
+                if cancel and slot.cancel_seen_at is None:
+                    slot.cancel_seen_at = now
+            if slot.cancel_seen_at is not None and now - slot.cancel_seen_at > self.settings.cancel_grace_s:
+                # The child stops by itself at the end of an epoch; a very long epoch is cut short here.
+                self._terminate(slot)
+
+    def _after_exit(self, slot: Slot) -> None:
+        """The child is gone: if it left its job running, settle the job here."""
+        job_id, token = slot.claim.job_id, slot.claim.token
+        with session_scope(self.sessions) as s:
+            job = s.get(Job, job_id)
+            if job is None or job.status != JobStatus.RUNNING or job.lease_token != token:
+                return
+            try:
+                if job.cancel_requested:
+                    queue.finish_cancelled(session=s, job_id=job_id, token=token)
+                else:
+                    code = slot.process.exitcode
+                    why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    queue.fail(session=s, job_id=job_id, token=token,
+                               error=f"the training process stopped unexpectedly ({why}); it may have run out "
+                                     "of memory: try a smaller batch_size or network")
+            except queue.LeaseLost:
+                pass
+
+    def _terminate(self, slot: Slot) -> None:
+        proc = slot.process
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()

@@ -1,0 +1,110 @@
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+import torch
+
+from service.training.artifact import WEIGHTS, load_model, save_model
+from service.training.loop import TrainConfig, TrainData, TrainingError, train
+from service.training.nets import NetSpec
+from service.training.pipeline import predict_table, prepare
+from tests.conftest import dataset_path
+
+XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+XOR_Y = np.array([0, 1, 1, 0])
+
+
+def xor_data() -> TrainData:
+    return TrainData(task="classification", X_train=XOR_X, y_train=XOR_Y, X_val=XOR_X[:0], y_val=XOR_Y[:0],
+                     n_classes=2)
+
+
+def test_one_hidden_layer_solves_xor():
+    config = TrainConfig(epochs=300, batch_size=4, learning_rate=0.05, seed=0)
+    result = train(xor_data(), NetSpec(hidden_layers=(8,), activation="tanh"), config)
+    assert result.history[-1]["train_accuracy"] == 1.0
+
+
+def test_logistic_regression_cannot_fit_xor():
+    config = TrainConfig(epochs=300, batch_size=4, learning_rate=0.05, seed=0)
+    result = train(xor_data(), NetSpec(type="logistic_regression"), config)
+    assert max(row["train_accuracy"] for row in result.history) <= 0.75
+
+
+def iris_prepared(seed=0):
+    table = pacsv.read_csv(dataset_path("iris.csv"))
+    features = [c for c in table.column_names if c != "species"]
+    return prepare(table, target="species", features=features, kinds={f: "numeric" for f in features},
+                   task="classification", validation_fraction=0.2, seed=seed)
+
+
+def test_same_seed_gives_identical_metrics():
+    prepared = iris_prepared()
+    config = TrainConfig(epochs=15, seed=7, early_stopping_patience=0)
+    a = train(prepared.data, NetSpec(dropout=0.1), config).history
+    b = train(prepared.data, NetSpec(dropout=0.1), config).history
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in a]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in b]
+    c = train(prepared.data, NetSpec(dropout=0.1), TrainConfig(epochs=15, seed=8, early_stopping_patience=0)).history
+    assert c[-1]["train_loss"] != a[-1]["train_loss"]
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    prepared = iris_prepared()
+    result = train(prepared.data, NetSpec(), TrainConfig(epochs=400, learning_rate=0.01, early_stopping_patience=5))
+    assert result.stopped_at is not None and result.stopped_at < 400
+    best = min(range(len(result.history)), key=lambda i: result.history[i]["val_loss"])
+    assert result.best_epoch == best + 1
+    # the kept weights are the best epoch's: re-evaluating gives its validation loss
+    X = torch.as_tensor(prepared.data.X_val)
+    y = torch.as_tensor(prepared.data.y_val)
+    with torch.inference_mode():
+        loss = torch.nn.functional.cross_entropy(result.net(X), y).item()
+    assert loss == pytest.approx(result.history[best]["val_loss"], rel=1e-5)
+
+
+def test_diverging_learning_rate_raises_nan_error():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)).astype(np.float32) * 1e4
+    data = TrainData(task="regression", X_train=X, y_train=(X @ np.ones(3)).astype(np.float32), X_val=X[:0],
+                     y_val=np.zeros(0, np.float32))
+    with pytest.raises(TrainingError, match="loss became NaN at epoch"):
+        train(data, NetSpec(), TrainConfig(epochs=50, optimizer="sgd", learning_rate=10.0))
+
+
+def test_training_mode_is_restored_after_each_evaluation():
+    seen = []
+    prepared = iris_prepared()
+    result = train(prepared.data, NetSpec(dropout=0.5), TrainConfig(epochs=3, early_stopping_patience=0),
+                   on_epoch=lambda epoch, row: seen.append(epoch) is None)
+    assert seen == [1, 2, 3]
+    assert not result.net.training  # handed back in eval mode for inference
+
+
+def test_model_round_trips_through_safetensors_and_json(tmp_path):
+    prepared = iris_prepared()
+    result = train(prepared.data, NetSpec(hidden_layers=(16,), batch_norm=True, dropout=0.2), TrainConfig(epochs=5))
+    meta = {"spec": {"model": {"type": "mlp", "hidden_layers": [16], "activation": "relu", "dropout": 0.2,
+                               "batch_norm": True}},
+            "n_inputs": 4, "n_outputs": 3, "preprocessing": prepared.preprocessing, "target": prepared.target}
+    save_model(tmp_path / "m", result.net, meta)
+    assert (tmp_path / "m" / WEIGHTS).read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle stream
+    net, loaded = load_model(tmp_path / "m")
+    table = pacsv.read_csv(dataset_path("iris.csv"))
+    a = predict_table(result.net, meta, table)
+    b = predict_table(net, loaded, table)
+    assert a == b
+    assert set(a["predictions"]) <= {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
+    assert all(sum(p.values()) == pytest.approx(1.0, abs=1e-6) for p in a["probabilities"])
+
+
+def test_logistic_gradient_matches_closed_form():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3)
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1], dtype=torch.float32)
+    w = torch.randn(3, requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    z = x @ w + b
+    torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="sum").backward()
+    a = torch.sigmoid(z.detach())
+    assert torch.allclose(w.grad, ((a - y)[:, None] * x).sum(0), atol=1e-5)
+    assert torch.allclose(b.grad, (a - y).sum(), atol=1e-5)

@@ -32,6 +32,7 @@ def _settings(host=None, port=None, data_dir=None, database_url=None) -> Setting
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _env_for(settings: Settings) -> dict[str, str]:

@@ -12,7 +12,6 @@ from service.schemas import JobCreate, JobRead, Progress
 from service.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training.data import infer_task
 
-
 TASK_METRICS = {"classification": ["val_loss", "val_accuracy"], "regression": ["val_loss", "val_rmse", "val_r2"]}
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
@@ -89,9 +89,10 @@ def heartbeat(*, session: Session, job_id: str, token: str, lease_s: float) -> b
     return _cancel_requested(session, job_id)
 
 
-def set_device(*, session: Session, job_id: str, token: str, device: str) -> None:
-    """Record the device the job trains on."""
-    _guarded(session, job_id, token, device=device)
+def start_attempt(*, session: Session, job_id: str, token: str, device: str, from_epoch: int = 0) -> None:
+    """Record the attempt's device; metrics a lost attempt wrote after `from_epoch` are dropped."""
+    _guarded(session, job_id, token, device=device, epoch=from_epoch)
+    session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch > from_epoch))
 
 
 def record_epoch(*, session: Session, job_id: str, token: str, epoch: int, metrics: dict[str, Any],

@@ -63,7 +63,7 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
         dataset = s.get(Dataset, job.dataset_id) if job.dataset_id else None
         spec, task = job.spec, job.task
         columns = {c["name"]: c for c in dataset.columns} if dataset else {}
-        queue.set_device(session=s, job_id=job_id, token=token, device=device_description)
+        queue.start_attempt(session=s, job_id=job_id, token=token, device=device_description)
     if dataset is None:
         _fail(sessions, job_id, token, "the job's data set was deleted before it could start")
         return

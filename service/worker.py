@@ -24,6 +24,10 @@ log = logging.getLogger("mlps.worker")
 REAP_EVERY_S = 5.0
 
 
+def _noop() -> None:
+    pass
+
+
 def _context() -> mp.context.BaseContext:
     """Children fork from a server that imported torch once, so a job start does not pay for it again."""
     if "forkserver" in mp.get_all_start_methods():
@@ -66,6 +70,11 @@ class Worker:
         """Check the schema and register this worker."""
         require_schema_at_head(self.engine)
         self.storage.ensure()
+        # Start the fork server now: its one-time `import torch` must not happen while a claimed job's
+        # lease waits for heartbeats.
+        warm = self._ctx.Process(target=_noop, name="mlps-warmup")
+        warm.start()
+        warm.join()
         with session_scope(self.sessions) as s:
             s.add(WorkerRow(id=self.id, host=socket.gethostname(), pid=os.getpid(),
                             devices=[d.as_dict() for d in self.devices]))

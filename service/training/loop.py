@@ -154,7 +154,7 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
             if len(Xv):
                 figures |= {"val_" + k: v for k, v in evaluate(net, Xv, Yv, data).items()}
             names = list(figures)
-            values = torch.stack([figures[k].float() for k in names] + [running / n]).tolist()
+            values = torch.stack([M.wide(figures[k]) for k in names] + [M.wide(running / n)]).tolist()
         net.train()
         if not (math.isfinite(values[-1]) and math.isfinite(values[names.index("train_loss")])):
             raise TrainingError(

@@ -4,6 +4,11 @@ import torch
 from torch.nn import functional as F
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """float64 for exact ratios (27/30 is 0.9, not 0.8999999761); MPS has no float64."""
+    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
 def classification_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Binary cross-entropy with logits for two classes, cross-entropy for more."""
     if n_classes == 2:
@@ -25,7 +30,7 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_classes: int
     """Mean loss and accuracy of a whole split (tensors; the caller syncs once)."""
     return {
         "loss": classification_loss(logits, y, n_classes),
-        "accuracy": (predicted_classes(logits, n_classes) == y).float().mean(),
+        "accuracy": wide((predicted_classes(logits, n_classes) == y).sum()) / len(y),
     }
 
 

@@ -1,0 +1,87 @@
+import pytest
+
+from tests.conftest import upload
+
+
+def problem(resp, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert set(body) >= {"type", "title", "status", "detail", "errors"}
+    assert body["status"] == status
+    return body
+
+
+def test_upload_show_list_preview(client, settings):
+    resp = upload(client, "iris.csv")
+    assert resp.status_code == 201, resp.text
+    ds = resp.json()
+    assert ds["name"] == "iris.csv" and ds["format"] == "csv" and ds["n_rows"] == 150
+    assert [c["name"] for c in ds["columns"]] == ["sepal_length", "sepal_width", "petal_length", "petal_width",
+                                                  "species"]
+    assert len(ds["sha256"]) == 64 and ds["size_bytes"] > 4000
+    assert client.get(f"/datasets/{ds['id']}").json() == ds
+    listing = client.get("/datasets").json()
+    assert listing["total"] == 1 and listing["items"][0]["id"] == ds["id"]
+    preview = client.get(f"/datasets/{ds['id']}/preview", params={"limit": 3}).json()
+    assert len(preview["rows"]) == 3 and preview["rows"][0]["species"] == "Iris-setosa"
+    assert (settings.data_dir / "datasets" / f"{ds['id']}.parquet").exists()
+
+
+def test_upload_with_name_field_and_hostile_filename(client):
+    resp = client.post("/datasets", files={"file": ("../../etc/passwd", b"a,b\n1,2\n")}, data={"name": "mine"})
+    assert resp.status_code == 201 and resp.json()["name"] == "mine"
+    resp = client.post("/datasets", files={"file": ("../../etc/passwd", b"a,b\n1,2\n")})
+    assert resp.status_code == 201 and resp.json()["name"] == "passwd"
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (b"", "the file is empty"),
+    (b"sepal_length,species\n", "no data rows"),
+    (b"a,b,c\n1,2,3\n4,5\n", "ragged rows"),
+    (b"a,b\n1,caf\xe9 cr\xe8me\n", "not UTF-8"),
+    (bytes(range(256)) * 8, "binary"),
+    (b"a,a\n1,2\n", "appears more than once"),
+])
+def test_bad_uploads_get_422_and_leave_nothing_behind(client, settings, content, fragment):
+    keep = upload(client, "iris.csv").json()
+    body = problem(upload(client, "bad.csv", content), 422)
+    assert fragment in body["detail"]
+    assert body["errors"] and body["errors"][0]["message"]
+    assert client.get("/datasets").json()["total"] == 1
+    assert client.get(f"/datasets/{keep['id']}").status_code == 200
+    stored = sorted(p.name for p in (settings.data_dir / "datasets").iterdir())
+    assert stored == [f"{keep['id']}.parquet"]
+    assert list((settings.data_dir / "tmp").iterdir()) == []
+
+
+def test_upload_without_multipart_or_without_file(client):
+    body = problem(client.post("/datasets", content=b"a,b\n1,2\n", headers={"content-type": "text/csv"}), 415)
+    assert "multipart/form-data" in body["detail"]
+    body = problem(client.post("/datasets", data={"name": "x"}, files={"other": ("x.csv", b"a\n1\n")}), 422)
+    assert "part named 'file'" in body["detail"]
+
+
+def test_upload_over_the_size_limit_is_413(client, settings):
+    settings.max_upload_bytes = 100
+    body = problem(upload(client, "iris.csv"), 413)
+    assert "100 bytes" in body["detail"]
+    assert list((settings.data_dir / "tmp").iterdir()) == []
+
+
+def test_unknown_dataset_is_404(client):
+    body = problem(client.get("/datasets/ds_0000000000000000"), 404)
+    assert "ds_0000000000000000" in body["detail"]
+    problem(client.get("/datasets/../../etc/passwd"), 404)
+
+
+def test_delete_is_refused_while_a_job_needs_it(client, settings):
+    ds = upload(client, "iris.csv").json()
+    job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "species"}).json()
+    body = problem(client.delete(f"/datasets/{ds['id']}"), 409)
+    assert job["id"] in body["detail"]
+    assert client.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    assert client.delete(f"/datasets/{ds['id']}").status_code == 204
+    problem(client.get(f"/datasets/{ds['id']}"), 404)
+    assert not (settings.data_dir / "datasets" / f"{ds['id']}.parquet").exists()
+    assert client.get(f"/jobs/{job['id']}").json()["dataset_id"] is None  # the job's history survives

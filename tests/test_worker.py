@@ -1,0 +1,101 @@
+"""The worker with real child processes, driven through the API on one migrated SQLite file."""
+
+import json
+import threading
+
+import pytest
+
+from tests.api.test_datasets import problem
+from tests.conftest import upload
+from tests.helpers import wait_for
+
+IRIS_RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+@pytest.fixture
+def trained(client, worker):
+    ds = upload(client, "iris.csv").json()
+    job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "species",
+                                     "training": {"epochs": 60}}).json()
+    assert worker.run_once() == job["id"]
+    return client.get(f"/jobs/{job['id']}").json()
+
+
+def test_job_trains_records_every_epoch_and_stores_a_model(client, trained, settings):
+    job = trained
+    assert job["status"] == "succeeded", job["error"]
+    assert job["device"] == "cpu" and job["attempts"] == 1
+    assert job["started_at"] and job["finished_at"] and job["duration_s"] > 0
+    metrics = client.get(f"/jobs/{job['id']}/metrics").json()["epochs"]
+    assert [m["epoch"] for m in metrics] == list(range(1, job["result"]["epochs_run"] + 1))
+    assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "seconds"} <= set(metrics[0]["metrics"])
+    assert job["progress"]["epoch"] == job["result"]["epochs_run"]
+    model = client.get(f"/models/{job['model_id']}").json()
+    assert model["task"] == "classification" and model["labels"] == ["Iris-setosa", "Iris-versicolor",
+                                                                        "Iris-virginica"]
+    assert model["metrics"]["epoch"] == (job["result"]["best_epoch"] or job["result"]["epochs_run"])
+    folder = settings.data_dir / "models" / job["model_id"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "weights.safetensors"]
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["versions"]["torch"] and meta["preprocessing"]["features"][0]["name"] == "sepal_length"
+    assert client.get("/models").json()["total"] == 1
+
+
+def test_predict_returns_labels_and_probabilities(client, trained):
+    resp = client.post("/predict", json={"model_id": trained["model_id"],
+                                         "records": [IRIS_RECORD, {**IRIS_RECORD, "petal_length": None}]})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["predictions"][0] == "Iris-setosa"
+    assert len(body["predictions"]) == 2  # a missing value is imputed as in training
+    for probs in body["probabilities"]:
+        assert set(probs) == {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("records", "fragment"), [
+    ([{k: v for k, v in IRIS_RECORD.items() if k != "petal_width"}], "record 0: column 'petal_width' is missing"),
+    ([IRIS_RECORD, {**IRIS_RECORD, "sepal_width": "wide"}], "record 1: column 'sepal_width' expects a number"),
+    ([], "at least 1 item"),
+])
+def test_bad_predict_input_is_422_and_the_model_keeps_serving(client, trained, records, fragment):
+    body = problem(client.post("/predict", json={"model_id": trained["model_id"], "records": records}), 422)
+    assert fragment in body["detail"] or any(fragment in e["message"] for e in body["errors"])
+    ok = client.post("/predict", json={"model_id": trained["model_id"], "records": [IRIS_RECORD]})
+    assert ok.status_code == 200
+
+
+def test_predict_on_an_unknown_model_is_404(client):
+    body = problem(client.post("/predict", json={"model_id": "mdl_0000000000000000", "records": [IRIS_RECORD]}),
+                   404)
+    assert "mdl_0000000000000000" in body["detail"]
+
+
+def test_diverging_job_fails_once_with_an_actionable_message(client, worker):
+    ds = upload(client, "diabetes.csv").json()
+    job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "progression", "task": "regression",
+                                     "model": {"hidden_layers": [256, 256]},
+                                     "training": {"optimizer": "sgd", "learning_rate": 10.0, "epochs": 50}}).json()
+    worker.run_once()
+    job = client.get(f"/jobs/{job['id']}").json()
+    assert job["status"] == "failed" and job["attempts"] == 1
+    assert "loss became NaN at epoch" in job["error"] and "learning rate" in job["error"]
+    assert job["model_id"] is None and client.get("/models").json()["total"] == 0
+
+
+def test_cancel_a_running_job_stops_its_process(client, worker):
+    ds = upload(client, "breast_cancer.csv").json()
+    job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "diagnosis",
+                                     "training": {"epochs": 100000, "early_stopping_patience": 0}}).json()
+    runner = threading.Thread(target=worker.run_once, kwargs={"timeout_s": 120})
+    runner.start()
+    wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["progress"]["epoch"] >= 2, what="two epochs")
+    resp = client.post(f"/jobs/{job['id']}/cancel")
+    assert resp.status_code == 202 and resp.json()["cancel_requested"]
+    final = wait_for(lambda: (j := client.get(f"/jobs/{job['id']}").json())["status"] == "cancelled" and j,
+                     what="cancelled")
+    runner.join(60)
+    assert not runner.is_alive() and worker.slots == {}
+    metrics = client.get(f"/jobs/{job['id']}/metrics").json()["epochs"]
+    assert len(metrics) == final["progress"]["epoch"] < 100000
+    assert final["model_id"] is None

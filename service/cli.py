@@ -115,6 +115,9 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
     run_migrations(settings.database_url)
     worker_proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--devices", devices],
                                    env=_env_for(settings))
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; turn that into SystemExit so that
+    # the worker below is always stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     finally:

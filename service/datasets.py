@@ -31,10 +31,12 @@ def create(*, session: Session, storage: Storage, upload_path: Path, name: str, 
             errors = [{"column": exc.column, "message": str(exc)}] if exc.column else [
                 {"field": "file", "message": str(exc)}]
             raise InvalidInput(str(exc), errors=errors) from None
-        dest = storage.dataset_file(dataset_id)
-        publish(staged, dest)
+        written = staged.with_suffix(".npz") if result.format == "npz" else staged
+        dest = storage.dataset_file(dataset_id, result.format)
+        publish(written, dest)
     finally:
         staged.unlink(missing_ok=True)
+        staged.with_suffix(".npz").unlink(missing_ok=True)
     dataset = Dataset(id=dataset_id, name=name, format=result.format, n_rows=result.n_rows,
                       n_columns=len(result.columns), columns=result.columns, size_bytes=size_bytes, sha256=sha256)
     session.add(dataset)

@@ -12,50 +12,95 @@ from service.schemas import JobCreate, JobRead, Progress
 from service.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training.data import infer_task
 
-TASK_METRICS = {"classification": ["val_loss", "val_accuracy"], "regression": ["val_loss", "val_rmse", "val_r2"]}
+TASK_METRICS = {
+    "classification": ["val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro", "val_auroc"],
+    "regression": ["val_loss", "val_rmse", "val_mae", "val_r2"],
+    "autoencoder": ["val_loss"],
+}
 
 
 def _column_error(column: str, message: str, field: str) -> InvalidInput:
     return InvalidInput(message, errors=[{"field": field, "column": column, "message": message}])
 
 
-def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], str]:
-    """Check target and features against the data set's columns; return (features, task)."""
+def _invalid(field: str, message: str) -> InvalidInput:
+    return InvalidInput(message, errors=[{"field": field, "message": message}])
+
+
+def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], list[str], str]:
+    """Check the spec against the data set's columns and itself; return (targets, features, task)."""
     columns = {c["name"]: c for c in dataset.columns}
     available = ", ".join(f"'{c}'" for c in columns)
-    if spec.target not in columns:
-        raise _column_error(spec.target, f"target column '{spec.target}' is not in data set '{dataset.id}'; "
-                            f"available columns: {available}", "target")
+    model = spec.model.type
+    targets = [spec.target] if isinstance(spec.target, str) else list(spec.target or [])
+    if model == "autoencoder":
+        if targets:
+            raise _invalid("target", "an autoencoder learns without a target; leave target out (or null)")
+        if spec.task not in ("auto", "autoencoder"):
+            raise _invalid("task", f"an autoencoder has no {spec.task} task; leave task as 'auto'")
+    elif not targets:
+        raise _invalid("target", f"a {model} needs a target column to learn; available columns: {available}")
+    for i, name in enumerate(targets):
+        field = "target" if isinstance(spec.target, str) else f"target.{i}"
+        if name not in columns:
+            raise _column_error(name, f"target column '{name}' is not in data set '{dataset.id}'; "
+                                f"available columns: {available}", field)
+    if len(set(targets)) != len(targets):
+        raise _invalid("target", "a target column is listed more than once")
     if spec.features is None:
-        features = [c for c in columns if c != spec.target]
+        features = [c for c in columns if c not in targets]
     else:
         features = list(spec.features)
         for i, name in enumerate(features):
             if name not in columns:
                 raise _column_error(name, f"feature column '{name}' is not in data set '{dataset.id}'; "
                                     f"available columns: {available}", f"features.{i}")
-            if name == spec.target:
+            if name in targets:
                 raise _column_error(name, f"'{name}' is the target; it cannot also be a feature", f"features.{i}")
         dupes = sorted({f for f in features if features.count(f) > 1})
         if dupes:
             raise _column_error(dupes[0], f"feature '{dupes[0]}' is listed more than once", "features")
     if not features:
-        raise InvalidInput("the data set has no columns besides the target to learn from",
-                           errors=[{"field": "features", "message": "no feature columns"}])
-    target = columns[spec.target]
-    task = infer_task(target) if spec.task == "auto" else spec.task
-    if task == "regression" and target["kind"] != "numeric":
-        raise _column_error(spec.target, f"target '{spec.target}' is {target['kind']}; regression needs a numeric "
-                            "target (use task 'classification' or 'auto')", "task")
-    if task == "classification" and target["n_unique"] < 2:
-        raise _column_error(spec.target, f"target '{spec.target}' has {target['n_unique']} distinct value(s); "
-                            "classification needs at least two classes", "target")
+        raise _invalid("features", "the data set has no columns besides the target to learn from")
+    if dataset.format == "npz" and features != ["X"]:
+        raise _invalid("features", "an array data set (.npz) has one input, 'X'; leave features out")
+    if dataset.format != "npz" and any(columns[f]["kind"] == "tensor" for f in features):
+        raise _invalid("features", "array columns can only be used from an .npz data set")
+
+    if model == "autoencoder":
+        task = "autoencoder"
+    elif len(targets) > 1:
+        if spec.task == "classification":
+            raise _invalid("task", "several targets are supported for regression only; give one target column")
+        task = "regression"
+    else:
+        task = infer_task(columns[targets[0]]) if spec.task == "auto" else spec.task
+    for name in targets:
+        col = columns[name]
+        if task == "regression" and col["kind"] != "numeric":
+            raise _column_error(name, f"target '{name}' is {col['kind']}; regression needs a numeric target "
+                                "(use task 'classification' or 'auto')", "task")
+    if task == "classification" and columns[targets[0]]["n_unique"] < 2:
+        raise _column_error(targets[0], f"target '{targets[0]}' has {columns[targets[0]]['n_unique']} distinct "
+                            "value(s); classification needs at least two classes", "target")
+    if model == "perceptron" and (task != "classification" or columns[targets[0]]["n_unique"] != 2):
+        what = f"{columns[targets[0]]['n_unique']} classes" if task == "classification" else "a regression target"
+        raise _invalid("model.type", f"the perceptron learns binary targets only; '{targets[0]}' has {what} "
+                       "(use logistic_regression or mlp)")
+    if spec.model.activation == "threshold" and model in ("mlp", "autoencoder"):
+        raise _invalid("model.activation", "a threshold unit has zero gradient, so backpropagation cannot train "
+                       "it; use sigmoid, tanh, relu, leaky_relu, gelu or linear (threshold is the perceptron's)")
+    if spec.training.class_weights is not None and task != "classification":
+        raise _invalid("training.class_weights", "class weights apply to classification only")
+    if spec.training.validation_fraction + spec.training.test_fraction > 0.8:
+        raise _invalid("training.test_fraction", "validation_fraction + test_fraction must leave at least 20% of "
+                       "the rows for training")
     metric = spec.training.early_stopping_metric
     allowed = TASK_METRICS[task]
     if metric not in allowed:
-        raise InvalidInput(f"early_stopping_metric '{metric}' is not computed for {task}; use one of {allowed}",
-                           errors=[{"field": "training.early_stopping_metric", "message": f"one of {allowed}"}])
-    return features, task
+        raise _invalid("training.early_stopping_metric",
+                       f"early_stopping_metric '{metric}' is not computed for {task}; use one of {allowed}")
+    return targets, features, task
 
 
 def submit(*, session: Session, spec: JobCreate) -> Job:
@@ -64,9 +109,10 @@ def submit(*, session: Session, spec: JobCreate) -> Job:
     if dataset is None:
         raise InvalidInput(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
                            errors=[{"field": "dataset_id", "message": "unknown data set"}])
-    features, task = resolve(spec, dataset)
+    targets, features, task = resolve(spec, dataset)
     stored: dict[str, Any] = spec.model_dump(mode="json")
     stored["features"] = features
+    stored["targets"] = targets
     stored["task"] = task
     return queue.enqueue(session=session, dataset_id=dataset.id, spec=stored, task=task)
 

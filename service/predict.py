@@ -4,6 +4,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from torch import nn
@@ -12,8 +13,8 @@ from service.errors import InvalidInput, NotFound
 from service.storage import Storage
 from service.tables import Model
 from service.training import data as D
+from service.training import pipeline as P
 from service.training.artifact import load_model
-from service.training.pipeline import predict_table
 
 
 class ModelCache:
@@ -58,15 +59,45 @@ def list_(*, session: Session, limit: int, offset: int) -> tuple[list[Model], in
     return list(rows), int(total or 0)
 
 
-def predict(*, cache: ModelCache, model: Model, records: list[dict[str, Any]], max_records: int) -> dict[str, Any]:
-    """Predictions for records keyed by column name, in the user's label space."""
-    if len(records) > max_records:
-        raise InvalidInput(f"{len(records)} records in one request; at most {max_records} are accepted",
-                           errors=[{"field": "records", "message": f"at most {max_records} records"}])
-    net, meta = cache.get(model.id)
+def _inputs(meta: dict[str, Any], records: list[dict[str, Any]] | None, inputs: list[Any] | None,
+            max_records: int) -> np.ndarray:
+    """The network's input matrix from `records` (tables) or `inputs` (array models), or InvalidInput."""
+    is_array = meta["preprocessing"].get("kind") == "array"
+    if is_array and inputs is None:
+        shape = ", ".join(map(str, meta["preprocessing"]["shape"]))
+        raise InvalidInput(f"this model was trained on arrays; send 'inputs' shaped [n, {shape}]",
+                           errors=[{"field": "inputs", "message": "field required"}])
+    if not is_array and records is None:
+        raise InvalidInput("send 'records': one object per row keyed by column name",
+                           errors=[{"field": "records", "message": "field required"}])
+    given = inputs if is_array else records
+    if len(given) > max_records:
+        raise InvalidInput(f"{len(given)} records in one request; at most {max_records} are accepted",
+                           errors=[{"field": "inputs" if is_array else "records",
+                                    "message": f"at most {max_records} records"}])
     try:
-        table = D.records_to_table(records, meta["preprocessing"]["features"])
+        if is_array:
+            return P.inputs_from_arrays(inputs, meta)
+        return P.inputs_from_table(D.records_to_table(records, meta["preprocessing"]["features"]), meta)
     except D.DataError as exc:
-        raise InvalidInput(str(exc), errors=[{"field": "records", "column": exc.column,
+        raise InvalidInput(str(exc), errors=[{"field": "inputs" if is_array else "records", "column": exc.column,
                                               "message": str(exc)}]) from None
-    return {"model_id": model.id, **predict_table(net, meta, table)}
+
+
+def predict(*, cache: ModelCache, model: Model, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
+            max_records: int) -> dict[str, Any]:
+    """Predictions in the user's label space for records keyed by column name (or arrays)."""
+    net, meta = cache.get(model.id)
+    X = _inputs(meta, records, inputs, max_records)
+    return {"model_id": model.id, **P.predict_inputs(net, meta, X)}
+
+
+def embed(*, cache: ModelCache, model: Model, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
+          max_records: int) -> dict[str, Any]:
+    """Bottleneck codes of an autoencoder for each record."""
+    if model.model_type != "autoencoder":
+        raise InvalidInput(f"model '{model.id}' is a {model.model_type}; only autoencoders have embeddings",
+                           errors=[{"field": "model_id", "message": "not an autoencoder"}])
+    net, meta = cache.get(model.id)
+    X = _inputs(meta, records, inputs, max_records)
+    return {"model_id": model.id, "embeddings": P.embed_inputs(net, X)}

@@ -16,12 +16,15 @@ from service.training import data as D
 from service.training.artifact import save_model
 from service.training.loop import TrainConfig, TrainingError, train
 from service.training.nets import NetSpec, count_parameters
-from service.training.pipeline import prepare
+from service.training.perceptron import train_perceptron
+from service.training.pipeline import SplitSpec, final_report, prepare, prepare_arrays
 
 log = logging.getLogger("mlps.runner")
 
 
 def _feature_schema(preprocessing: dict[str, Any]) -> list[dict[str, Any]]:
+    if preprocessing.get("kind") == "array":
+        return [{"name": "X", "kind": "tensor", "shape": preprocessing["shape"]}]
     out = []
     for f in preprocessing["features"]:
         item = {"name": f["name"], "kind": f["kind"]}
@@ -67,24 +70,36 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
     if dataset is None:
         _fail(sessions, job_id, token, "the job's data set was deleted before it could start")
         return
-    features = spec["features"] or [c for c in columns if c != spec["target"]]
+    features = spec["features"]
+    targets = spec.get("targets") or ([spec["target"]] if spec.get("target") else [])
+    training = spec["training"]
+    split = SplitSpec(validation_fraction=training["validation_fraction"],
+                      test_fraction=training.get("test_fraction", 0.0), seed=training["seed"])
+    net_spec = NetSpec.from_dict(spec["model"])
+    config = TrainConfig.from_dict(training)
     started = time.perf_counter()
+
+    def on_epoch(epoch: int, metrics: dict[str, Any]) -> bool:
+        with session_scope(sessions) as s:
+            cancel = queue.record_epoch(session=s, job_id=job_id, token=token, epoch=epoch, metrics=metrics,
+                                        lease_s=settings.lease_s)
+        return not cancel
+
     try:
-        table = D.load_columns(storage.dataset_file(dataset.id), [*features, spec["target"]])
-        prepared = prepare(table, target=spec["target"], features=features,
-                           kinds={f: columns[f]["kind"] for f in features}, task=task,
-                           validation_fraction=spec["training"]["validation_fraction"],
-                           seed=spec["training"]["seed"])
-
-        def on_epoch(epoch: int, metrics: dict[str, Any]) -> bool:
-            with session_scope(sessions) as s:
-                cancel = queue.record_epoch(session=s, job_id=job_id, token=token, epoch=epoch, metrics=metrics,
-                                            lease_s=settings.lease_s)
-            return not cancel
-
-        net_spec = NetSpec.from_dict(spec["model"])
-        result = train(prepared.data, net_spec, TrainConfig.from_dict(spec["training"]), device=device,
-                       on_epoch=on_epoch)
+        path = storage.dataset_file(dataset.id, dataset.format)
+        if dataset.format == "npz":
+            prepared = prepare_arrays(D.load_arrays(path), task=task, split=split,
+                                      class_weights=training.get("class_weights"))
+        else:
+            table = D.load_columns(path, [*features, *targets])
+            prepared = prepare(table, targets=targets, features=features,
+                               kinds={f: columns[f]["kind"] for f in features}, task=task, split=split,
+                               class_weights=training.get("class_weights"))
+        if net_spec.type == "perceptron":
+            result = train_perceptron(prepared.data, config, on_epoch=on_epoch)
+        else:
+            result = train(prepared.data, net_spec, config, device=device, on_epoch=on_epoch)
+        report = final_report(result.net, prepared, device=device) if not result.cancelled else {}
     except (D.DataError, TrainingError) as exc:
         _fail(sessions, job_id, token, str(exc))
         return
@@ -98,11 +113,11 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
         return
 
     kept = result.best_epoch or len(result.history)
-    final = {"epoch": kept, **result.history[kept - 1]}
+    final = {"epoch": kept, **result.history[kept - 1], **report}
     model_id = queue.new_id("mdl")
     meta = {
         "model_id": model_id, "job_id": job_id, "dataset_id": dataset.id,
-        "spec": spec, "task": task, "target_column": spec["target"],
+        "spec": spec, "task": task, "target_columns": targets,
         "features": _feature_schema(prepared.preprocessing),
         "preprocessing": prepared.preprocessing, "target": prepared.target,
         "n_inputs": prepared.data.X_train.shape[1], "n_outputs": prepared.data.n_outputs,
@@ -114,9 +129,10 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
     staging.rmdir()
     run_info = {**prepared.info, "parameters": count_parameters(result.net),
                 "train_seconds": round(time.perf_counter() - started, 3), "epochs_run": len(result.history),
-                "best_epoch": result.best_epoch, "early_stopped_at": result.stopped_at}
+                "best_epoch": result.best_epoch, "early_stopped_at": result.stopped_at, **report, **result.info}
     model = Model(id=model_id, job_id=job_id, dataset_id=dataset.id, model_type=net_spec.type, task=task,
-                  target=spec["target"], features=meta["features"], labels=prepared.target.get("labels"),
+                  target=",".join(targets) or None, features=meta["features"],
+                  labels=prepared.target.get("labels"),
                   metrics=final, size_bytes=size)
     try:
         with session_scope(sessions) as s:

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu"]
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "linear", "threshold"]
 
 
 class _Input(BaseModel):
@@ -21,8 +21,9 @@ class _Output(BaseModel):
 
 class ColumnRead(BaseModel):
     name: str
-    kind: Literal["numeric", "categorical", "boolean"]
+    kind: Literal["numeric", "categorical", "boolean", "tensor"]
     dtype: str
+    shape: list[int] | None = Field(default=None, description="Per-record shape of an array column (.npz)")
     n_missing: int
     n_unique: int
     stats: dict[str, Any]
@@ -50,30 +51,64 @@ class DatasetPreview(BaseModel):
 
 
 class ModelSpec(_Input):
-    type: Literal["mlp", "logistic_regression"] = Field(
-        default="mlp", description="mlp: hidden layers; logistic_regression: one sigmoid/softmax layer")
+    type: Literal["mlp", "logistic_regression", "perceptron", "autoencoder"] = Field(
+        default="mlp",
+        description="mlp: hidden layers; logistic_regression: one sigmoid/softmax layer; perceptron: "
+                    "Rosenblatt's rule (binary targets); autoencoder: no target, hidden_layers end at the bottleneck")
     hidden_layers: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
-        default=[64, 64], max_length=32, description="Width of each hidden layer (mlp only)")
-    activation: Activation = "relu"
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+        default=[64, 64], max_length=32, description="Width of each hidden layer (mlp, autoencoder)")
+    activation: Activation = Field(
+        default="relu", description="threshold is the perceptron's unit; it has no gradient, so other models "
+                                    "cannot be trained with it")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
     batch_norm: bool = False
 
 
+class StepSchedule(_Input):
+    type: Literal["step"]
+    step_size: int = Field(default=30, ge=1, le=100_000, description="Epochs between decays")
+    gamma: float = Field(default=0.1, gt=0.0, le=1.0, allow_inf_nan=False)
+
+
+class CosineSchedule(_Input):
+    type: Literal["cosine"]
+    min_lr: float = Field(default=0.0, ge=0.0, le=10.0, allow_inf_nan=False)
+
+
+class PlateauSchedule(_Input):
+    type: Literal["plateau"]
+    factor: float = Field(default=0.1, gt=0.0, lt=1.0, allow_inf_nan=False)
+    patience: int = Field(default=10, ge=0, le=100_000)
+    min_lr: float = Field(default=0.0, ge=0.0, le=10.0, allow_inf_nan=False)
+
+
+LRSchedule = Annotated[StepSchedule | CosineSchedule | PlateauSchedule, Field(discriminator="type")]
+ClassWeight = Annotated[float, Field(gt=0.0, le=1e6, allow_inf_nan=False)]
+
+
 class TrainingSpec(_Input):
-    epochs: int = Field(default=100, ge=1, le=100_000)
+    epochs: int = Field(default=300, ge=1, le=100_000, description="Upper bound; early stopping usually ends sooner")
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
     learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0, allow_inf_nan=False)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
     nesterov: bool = False
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    gradient_clip_norm: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False)
+    lr_schedule: LRSchedule | None = None
+    class_weights: Literal["balanced"] | dict[str, ClassWeight] | None = Field(
+        default=None, description="'balanced' or {label: weight} (classification)")
     validation_fraction: float = Field(default=0.2, ge=0.0, le=0.5, allow_inf_nan=False)
+    test_fraction: float = Field(default=0.0, ge=0.0, le=0.5, allow_inf_nan=False,
+                                 description="Held out and evaluated once on the final model")
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     early_stopping_patience: int = Field(
         default=20, ge=0, le=100_000,
         description="Stop after this many epochs without improvement of early_stopping_metric and keep the "
                     "best epoch's weights; 0 trains every epoch and keeps the last")
-    early_stopping_metric: Literal["val_loss", "val_accuracy", "val_rmse", "val_r2"] = "val_loss"
+    early_stopping_metric: Literal[
+        "val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro", "val_auroc", "val_rmse", "val_mae",
+        "val_r2"] = "val_loss"
 
 
 class JobCreate(_Input):
@@ -83,7 +118,10 @@ class JobCreate(_Input):
     )
 
     dataset_id: str = Field(min_length=1, max_length=64)
-    target: str = Field(min_length=1, max_length=1024, description="Column to predict")
+    target: Annotated[str, Field(min_length=1, max_length=1024)] | Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Column to predict (a list of numeric columns for multi-target regression; "
+                                  "null for an autoencoder)")
     features: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, min_length=1, description="Input columns; null means every column but the target")
     task: Literal["auto", "classification", "regression"] = "auto"
@@ -129,6 +167,8 @@ class JobMetrics(BaseModel):
     job_id: str
     task: str
     epochs: list[EpochMetricsRead]
+    test: dict[str, Any] | None = Field(default=None, description="Held-out test split, evaluated once")
+    confusion_matrix: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- models and predict
@@ -156,7 +196,20 @@ class PredictRequest(_Input):
     )
 
     model_id: str = Field(min_length=1, max_length=64)
-    records: list[dict[str, Any]] = Field(min_length=1, description="One object per row, keyed by column name")
+    records: list[dict[str, Any]] | None = Field(default=None, min_length=1,
+                                                 description="One object per row, keyed by column name")
+    inputs: list[Any] | None = Field(default=None, min_length=1,
+                                     description="Array models: one nested array per record, shaped like X")
+
+
+class EmbedRequest(_Input):
+    records: list[dict[str, Any]] | None = Field(default=None, min_length=1)
+    inputs: list[Any] | None = Field(default=None, min_length=1)
+
+
+class EmbedResponse(BaseModel):
+    model_id: str
+    embeddings: list[list[float]]
 
 
 class PredictResponse(BaseModel):

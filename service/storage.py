@@ -31,8 +31,10 @@ class Storage:
     def tmp_dir(self) -> Path:
         return self.root / "tmp"
 
-    def dataset_file(self, dataset_id: str) -> Path:
-        return self.root / "datasets" / f"{_checked(dataset_id)}.parquet"
+    def dataset_file(self, dataset_id: str, fmt: str = "parquet") -> Path:
+        """The stored data: Parquet for tables, .npz for arrays."""
+        suffix = "npz" if fmt == "npz" else "parquet"
+        return self.root / "datasets" / f"{_checked(dataset_id)}.{suffix}"
 
     def model_dir(self, model_id: str) -> Path:
         return self.root / "models" / _checked(model_id)
@@ -52,7 +54,8 @@ class Storage:
         return Path(tempfile.mkdtemp(dir=self.tmp_dir))
 
     def remove_dataset(self, dataset_id: str) -> None:
-        self.dataset_file(dataset_id).unlink(missing_ok=True)
+        for fmt in ("parquet", "npz"):
+            self.dataset_file(dataset_id, fmt).unlink(missing_ok=True)
 
     def remove_model(self, model_id: str) -> None:
         shutil.rmtree(self.model_dir(model_id), ignore_errors=True)

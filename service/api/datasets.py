@@ -52,7 +52,7 @@ def show_dataset(dataset: DatasetDep):
 
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview, summary="First rows of a data set")
 def preview_dataset(dataset: DatasetDep, storage: StorageDep, settings: SettingsDep, limit: LimitDep = 20):
-    rows = preview(storage.dataset_file(dataset.id), min(limit, settings.preview_rows * 50))
+    rows = preview(storage.dataset_file(dataset.id, dataset.format), min(limit, settings.preview_rows * 50))
     return DatasetPreview(dataset_id=dataset.id, columns=[c["name"] for c in dataset.columns], rows=rows)
 
 

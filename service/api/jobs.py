@@ -33,8 +33,10 @@ def show_job(job: JobDep):
 @router.get("/{job_id}/metrics", response_model=JobMetrics, summary="Every epoch's metrics")
 def job_metrics(job: JobDep, session: SessionDep):
     rows = jobs.metrics(session=session, job=job)
+    result = job.result or {}
     return JobMetrics(job_id=job.id, task=job.task,
-                      epochs=[EpochMetricsRead(epoch=r.epoch, metrics=r.metrics) for r in rows])
+                      epochs=[EpochMetricsRead(epoch=r.epoch, metrics=r.metrics) for r in rows],
+                      test=result.get("test"), confusion_matrix=result.get("confusion_matrix"))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobRead, summary="Cancel a queued or running job")

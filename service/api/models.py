@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from service import predict
 from service.api.deps import LimitDep, ModelCacheDep, ModelDep, OffsetDep, SessionDep, SettingsDep
-from service.schemas import ModelRead, Page, PredictRequest, PredictResponse
+from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["models"])
 
@@ -23,4 +23,11 @@ def show_model(model: ModelDep):
 @router.post("/predict", response_model=PredictResponse, summary="Predict for records keyed by column name")
 def predict_records(body: PredictRequest, session: SessionDep, cache: ModelCacheDep, settings: SettingsDep):
     model = predict.get(session=session, model_id=body.model_id)
-    return predict.predict(cache=cache, model=model, records=body.records, max_records=settings.max_predict_records)
+    return predict.predict(cache=cache, model=model, records=body.records, inputs=body.inputs,
+                           max_records=settings.max_predict_records)
+
+
+@router.post("/models/{model_id}/embed", response_model=EmbedResponse, summary="Autoencoder bottleneck codes")
+def embed_records(body: EmbedRequest, model: ModelDep, cache: ModelCacheDep, settings: SettingsDep):
+    return predict.embed(cache=cache, model=model, records=body.records, inputs=body.inputs,
+                         max_records=settings.max_predict_records)

@@ -4,6 +4,7 @@ Pure pyarrow + numpy: no database, no HTTP.
 """
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ def sniff_format(path: Path) -> tuple[str, str | None]:
         raise DataError("the file is empty; upload a CSV or TSV with a header row, or a Parquet file")
     if head.startswith(b"PAR1"):
         return "parquet", None
+    if head.startswith(b"PK\x03\x04"):
+        return "npz", None
     if b"\x00" in head:
         raise DataError("the file is binary, not CSV, TSV or Parquet; upload a UTF-8 text table or Parquet")
     try:
@@ -223,6 +226,8 @@ def _finite(obj: Any) -> Any:
 def ingest(src: Path, dest: Path, *, max_columns: int) -> IngestResult:
     """Parse an uploaded file, write it to `dest` as Parquet, and describe its columns."""
     fmt, delimiter = sniff_format(src)
+    if fmt == "npz":
+        return ingest_arrays(src, dest.with_suffix(".npz"))
     try:
         if fmt == "parquet":
             n_rows = _write_parquet(src, dest, max_columns)
@@ -240,8 +245,62 @@ def ingest(src: Path, dest: Path, *, max_columns: int) -> IngestResult:
     return IngestResult(format=fmt, n_rows=n_rows, columns=columns)
 
 
+ARRAY_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bool")
+
+
+def ingest_arrays(src: Path, dest: Path) -> IngestResult:
+    """An .npz with `X` ([N, C, H, W], [N, H, W] or [N, D]) and optionally `y` ([N]); stored again as .npz.
+
+    Loaded with allow_pickle=False: object arrays (which would need unpickling) are refused.
+    """
+    try:
+        with np.load(src, allow_pickle=False) as npz:
+            names = set(npz.files)
+            if "X" not in names:
+                raise DataError(f"the .npz needs an array named 'X' (found: {', '.join(sorted(names)) or 'none'})",
+                                column="X")
+            X = npz["X"]
+            y = npz["y"] if "y" in names else None
+    except DataError:
+        raise
+    except ValueError as exc:
+        raise DataError(f"the .npz could not be read safely ({exc}); save plain numeric or text arrays") from None
+    except Exception as exc:
+        raise DataError(f"the file looks like .npz but could not be read: {exc}") from None
+    if X.ndim < 2 or X.ndim > 4 or X.shape[0] == 0 or 0 in X.shape:
+        raise DataError(f"'X' must be shaped [N, D], [N, H, W] or [N, C, H, W] with N > 0; got {list(X.shape)}",
+                        column="X")
+    if str(X.dtype) not in ARRAY_DTYPES:
+        raise DataError(f"'X' has dtype {X.dtype}; numeric arrays only", column="X")
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
+        raise DataError("'X' holds NaN or infinite values", column="X")
+    columns = [{"name": "X", "kind": "tensor", "dtype": str(X.dtype), "shape": list(X.shape[1:]), "n_missing": 0,
+                "n_unique": 0, "stats": _finite({"min": float(X.min()), "max": float(X.max()),
+                                                 "mean": float(X.mean()), "std": float(X.std())})}]
+    arrays = {"X": X}
+    if y is not None:
+        if y.ndim != 1 or len(y) != len(X):
+            raise DataError(f"'y' must be shaped [N] = [{len(X)}]; got {list(y.shape)}", column="y")
+        if y.dtype.kind not in "biufU":
+            raise DataError(f"'y' has dtype {y.dtype}; numbers or text only", column="y")
+        arrays["y"] = y
+        columns.append(summarise_column("y", pa.chunked_array([pa.array(y)])))
+    tmp = dest.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, dest)
+    return IngestResult(format="npz", n_rows=int(len(X)), columns=columns)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
 def preview(path: Path, n: int) -> list[dict[str, Any]]:
     """The first n rows as JSON-able records."""
+    if path.suffix == ".npz":
+        arrays = load_arrays(path)
+        return _finite([{k: v[i].tolist() for k, v in arrays.items()} for i in range(min(n, len(arrays["X"])))])
     pf = pq.ParquetFile(path)
     rows: list[dict[str, Any]] = []
     for batch in pf.iter_batches(batch_size=n):
@@ -334,18 +393,30 @@ def _nulls_to_minus_one(idx: np.ndarray) -> np.ndarray:
 
 
 def fit_target(col: pa.ChunkedArray, task: str) -> dict[str, Any]:
-    """Label list (classification) or mean and scale (regression) of the target."""
-    if task == "classification":
-        values = col.drop_null()
-        if pa.types.is_floating(col.type):
-            values = _integral(values)
-        labels = sorted(pc.unique(values).to_pylist(), key=lambda v: (str(type(v)), v))
-        return {"task": task, "labels": labels}
-    values = _numeric(col)
-    finite = values[~np.isnan(values)]
-    std = float(finite.std()) if finite.size else 1.0
-    return {"task": task, "mean": float(finite.mean()) if finite.size else 0.0,
-            "scale": std if std > 1e-12 else 1.0}
+    """Label list of a classification target."""
+    values = col.drop_null()
+    if pa.types.is_floating(col.type):
+        values = _integral(values)
+    labels = sorted(pc.unique(values).to_pylist(), key=lambda v: (str(type(v)), v))
+    return {"task": task, "labels": labels}
+
+
+def fit_regression_targets(table: pa.Table, names: list[str]) -> dict[str, Any]:
+    """Mean and scale of each regression target, for standardisation."""
+    means, scales = [], []
+    for name in names:
+        values = _numeric(table.column(name))
+        finite = values[~np.isnan(values)]
+        std = float(finite.std()) if finite.size else 1.0
+        means.append(float(finite.mean()) if finite.size else 0.0)
+        scales.append(std if std > 1e-12 else 1.0)
+    return {"task": "regression", "names": names, "mean": means, "scale": scales}
+
+
+def encode_regression(table: pa.Table, target: dict[str, Any]) -> np.ndarray:
+    """[n, k] standardised targets, NaN where missing."""
+    cols = [_numeric(table.column(n)) for n in target["names"]]
+    return (np.stack(cols, axis=1) - np.asarray(target["mean"])) / np.asarray(target["scale"])
 
 
 def _integral(values):
@@ -357,18 +428,33 @@ def _integral(values):
 
 
 def encode_target(col: pa.ChunkedArray, target: dict[str, Any]) -> np.ndarray:
-    """Class indices (int64, -1 where missing or unseen) or standardised floats (NaN where missing)."""
-    if target["task"] == "classification":
-        values = _integral(col) if pa.types.is_floating(col.type) else col
-        label_type = values.type
-        idx = pc.index_in(values, value_set=pa.array(target["labels"], label_type)).to_numpy(zero_copy_only=False)
-        return _nulls_to_minus_one(idx)
-    values = _numeric(col)
-    return (values - target["mean"]) / target["scale"]
+    """Class indices (int64), -1 where missing."""
+    values = _integral(col) if pa.types.is_floating(col.type) else col
+    idx = pc.index_in(values, value_set=pa.array(target["labels"], values.type)).to_numpy(zero_copy_only=False)
+    return _nulls_to_minus_one(idx)
 
 
 def decode_regression(values: np.ndarray, target: dict[str, Any]) -> np.ndarray:
-    return values * target["scale"] + target["mean"]
+    return values * np.asarray(target["scale"]) + np.asarray(target["mean"])
+
+
+def class_weights(y: np.ndarray, labels: list[Any], spec: str | dict[str, float] | None) -> list[float] | None:
+    """Per-class loss weights: None, 'balanced' (n / (k · count)), or {label: weight}."""
+    if spec is None:
+        return None
+    k = len(labels)
+    if spec == "balanced":
+        counts = np.bincount(y, minlength=k).astype(np.float64)
+        return (len(y) / (k * np.maximum(counts, 1))).tolist()
+    by_name = {str(label): i for i, label in enumerate(labels)}
+    unknown = [name for name in spec if name not in by_name]
+    if unknown:
+        raise DataError(f"class_weights names label(s) {unknown} that the target does not have; labels: "
+                        f"{[str(label) for label in labels]}")
+    weights = [1.0] * k
+    for name, w in spec.items():
+        weights[by_name[name]] = float(w)
+    return weights
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""The lecture's training loop: seeded, minibatches by randperm slicing, eval under inference_mode."""
+"""The lecture's training loop: seeded, minibatches by randperm slicing, eval under inference_mode.
+
+Everything a resumed attempt needs (weights, optimizer and scheduler state, epoch, RNG state, best-so-far)
+is captured in a TrainState after each epoch, so training can continue where a lost attempt stopped.
+"""
 
 import math
 import time
@@ -22,13 +26,15 @@ class TrainingError(Exception):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100
+    epochs: int = 300
     batch_size: int = 32
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    gradient_clip_norm: float | None = None
+    lr_schedule: dict[str, Any] | None = None  # {"type": "step"|"cosine"|"plateau", ...}
     seed: int = 0
     # Stop when the monitored validation metric has not improved for this many epochs (0: never),
     # and keep the weights of the best epoch.
@@ -43,21 +49,39 @@ class TrainConfig:
 
 @dataclass
 class TrainData:
-    """Preprocessed arrays: X float32 [n, d]; y class indices (int64) or standardised targets (float32)."""
+    """Preprocessed arrays: X float32 [n, d]; y class indices (int64), standardised targets (float32
+    [n] or [n, k]) or, for an autoencoder, nothing (the inputs are the targets)."""
 
     task: str
     X_train: np.ndarray
-    y_train: np.ndarray
+    y_train: np.ndarray | None
     X_val: np.ndarray
-    y_val: np.ndarray
+    y_val: np.ndarray | None
     n_classes: int = 0
-    target_scale: float = 1.0
+    target_scale: list[float] | float = 1.0
+    class_weights: list[float] | None = None
 
     @property
     def n_outputs(self) -> int:
         if self.task == "classification":
             return 1 if self.n_classes == 2 else self.n_classes
+        if self.task == "autoencoder":
+            return self.X_train.shape[1]
         return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
+
+
+@dataclass
+class TrainState:
+    """A resumable snapshot taken at the end of an epoch."""
+
+    epoch: int
+    net: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    generator: torch.Tensor
+    best_epoch: int | None
+    best_score: float
+    best_net: dict[str, torch.Tensor] | None
 
 
 @dataclass
@@ -67,6 +91,7 @@ class TrainResult:
     cancelled: bool = False
     best_epoch: int | None = None  # the epoch whose weights were kept, when early stopping monitored one
     stopped_at: int | None = None  # the epoch early stopping ended training, if it did
+    info: dict[str, Any] = field(default_factory=dict)  # facts worth showing with the job's result
 
 
 def _lower_is_better(metric: str) -> bool:
@@ -88,15 +113,53 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def _tensors(data: TrainData, device: torch.device):
-    def y_tensor(y: np.ndarray) -> torch.Tensor:
-        if data.task == "classification":
-            return torch.as_tensor(y, dtype=torch.long, device=device)
-        y = y.reshape(-1, 1) if y.ndim == 1 else y
-        return torch.as_tensor(y, dtype=torch.float32, device=device)
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+    s = config.lr_schedule
+    if not s or s.get("type", "none") == "none":
+        return None
+    match s["type"]:
+        case "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.get("step_size", 30),
+                                                   gamma=s.get("gamma", 0.1))
+        case "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs,
+                                                              eta_min=s.get("min_lr", 0.0))
+        case "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=s.get("factor", 0.1),
+                                                              patience=s.get("patience", 10),
+                                                              min_lr=s.get("min_lr", 0.0))
+    raise ValueError(f"unknown learning-rate schedule {s['type']!r}")
 
-    return (torch.as_tensor(data.X_train, dtype=torch.float32, device=device), y_tensor(data.y_train),
-            torch.as_tensor(data.X_val, dtype=torch.float32, device=device), y_tensor(data.y_val))
+
+class Task:
+    """Targets, loss and metrics of one task, on one device."""
+
+    def __init__(self, data: TrainData, device: torch.device) -> None:
+        self.data = data
+        self.device = device
+        self.weight = (torch.as_tensor(data.class_weights, dtype=torch.float32, device=device)
+                       if data.class_weights is not None else None)
+        self.scale = torch.as_tensor(np.atleast_1d(data.target_scale), dtype=torch.float32, device=device)
+
+    def targets(self, X: torch.Tensor, y: np.ndarray | None) -> torch.Tensor:
+        if self.data.task == "autoencoder":
+            return X
+        if self.data.task == "classification":
+            return torch.as_tensor(y, dtype=torch.long, device=self.device)
+        y = y.reshape(-1, 1) if y.ndim == 1 else y
+        return torch.as_tensor(y, dtype=torch.float32, device=self.device)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.data.task == "classification":
+            return M.classification_loss(out, y, self.data.n_classes, self.weight)
+        return M.regression_loss(out, y)
+
+    def metrics(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.data.task == "classification":
+            return M.classification_metrics(out, y, self.data.n_classes, self.weight)
+        if self.data.task == "autoencoder":
+            return {"loss": M.regression_loss(out, y)}
+        return M.regression_metrics(out, y, self.scale)
 
 
 def forward_chunked(net: nn.Module, X: torch.Tensor) -> torch.Tensor:
@@ -104,38 +167,49 @@ def forward_chunked(net: nn.Module, X: torch.Tensor) -> torch.Tensor:
     return torch.cat([net(X[i:i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
 
 
-def evaluate(net: nn.Module, X: torch.Tensor, y: torch.Tensor, data: TrainData) -> dict[str, torch.Tensor]:
-    """Metrics of one split; call under eval() and inference_mode()."""
-    out = forward_chunked(net, X)
-    if data.task == "classification":
-        return M.classification_metrics(out, y, data.n_classes)
-    return M.regression_metrics(out, y, data.target_scale)
-
-
-def loss_fn(data: TrainData) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if data.task == "classification":
-        return lambda out, y: M.classification_loss(out, y, data.n_classes)
-    return M.regression_loss
+def evaluate(net: nn.Module, task: Task, X: torch.Tensor, y: torch.Tensor) -> dict[str, float | None]:
+    """Every metric of one split as Python floats (one host sync); call under eval() + inference_mode()."""
+    figures = task.metrics(forward_chunked(net, X), y)
+    values = torch.stack([M.wide(v) for v in figures.values()]).tolist()
+    return {k: (v if math.isfinite(v) else None) for k, v in zip(figures, values, strict=True)}
 
 
 def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str = "cpu",
-          on_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> TrainResult:
-    """Train a fresh network; on_epoch(epoch, metrics) returning False stops after that epoch."""
+          on_epoch: Callable[[int, dict[str, float]], bool] | None = None,
+          on_state: Callable[[TrainState, list[dict[str, float]]], None] | None = None,
+          resume: TrainState | None = None, history: list[dict[str, float]] | None = None) -> TrainResult:
+    """Train a network; on_epoch(epoch, metrics) returning False stops after that epoch (cancel).
+
+    on_state receives a resumable snapshot after each epoch; `resume` (with the `history` so far)
+    continues from one.
+    """
     dev = torch.device(device)
     torch.manual_seed(config.seed)
     net = build_network(net_spec, data.X_train.shape[1], data.n_outputs).to(dev)
     optimizer = make_optimizer(config, net.parameters())
-    criterion = loss_fn(data)
-    X, Y, Xv, Yv = _tensors(data, dev)
+    scheduler = make_scheduler(config, optimizer)
+    task = Task(data, dev)
+    X = torch.as_tensor(data.X_train, dtype=torch.float32, device=dev)
+    Xv = torch.as_tensor(data.X_val, dtype=torch.float32, device=dev)
+    Y, Yv = task.targets(X, data.y_train), task.targets(Xv, data.y_val)
     n = len(X)
     has_batch_norm = any(isinstance(m, nn.BatchNorm1d) for m in net.modules())
     gen = torch.Generator(device=dev).manual_seed(config.seed)
-    result = TrainResult(net=net)
+    result = TrainResult(net=net, history=list(history or []))
     monitor = config.early_stopping_metric if config.early_stopping_patience > 0 and len(Xv) else None
     sign = 1.0 if monitor is None or _lower_is_better(monitor) else -1.0
     best_score, best_state = math.inf, None
+    first_epoch = 1
+    if resume is not None:
+        net.load_state_dict(resume.net)
+        optimizer.load_state_dict(resume.optimizer)
+        if scheduler is not None and resume.scheduler is not None:
+            scheduler.load_state_dict(resume.scheduler)
+        gen.set_state(resume.generator)
+        result.best_epoch, best_score, best_state = resume.best_epoch, resume.best_score, resume.best_net
+        first_epoch = resume.epoch + 1
     net.train()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=dev)
         running = torch.zeros((), device=dev)
@@ -143,30 +217,32 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
             idx = perm[start:start + config.batch_size]
             if has_batch_norm and len(idx) < 2 and n > 1:
                 continue  # batch norm cannot normalise a batch of one in train mode
-            loss = criterion(net(X[idx]), Y[idx])
+            loss = task.loss(net(X[idx]), Y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.gradient_clip_norm:
+                nn.utils.clip_grad_norm_(net.parameters(), config.gradient_clip_norm)
             optimizer.step()
             running += loss.detach() * len(idx)
         net.eval()
         with torch.inference_mode():
-            figures = {"train_" + k: v for k, v in evaluate(net, X, Y, data).items()}
+            row = {"train_" + k: v for k, v in evaluate(net, task, X, Y).items()}
             if len(Xv):
-                figures |= {"val_" + k: v for k, v in evaluate(net, Xv, Yv, data).items()}
-            names = list(figures)
-            values = torch.stack([M.wide(figures[k]) for k in names] + [M.wide(running / n)]).tolist()
+                row |= {"val_" + k: v for k, v in evaluate(net, task, Xv, Yv).items()}
         net.train()
-        if not (math.isfinite(values[-1]) and math.isfinite(values[names.index("train_loss")])):
+        if not math.isfinite(running.item()) or row["train_loss"] is None:
             raise TrainingError(
                 f"loss became NaN at epoch {epoch}: training diverged; lower the learning rate "
                 f"(now {config.learning_rate}) or check the data for extreme values"
             )
-        row = {k: (v if math.isfinite(v) else None) for k, v in zip(names, values[:-1], strict=True)}
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(row.get("val_loss") if row.get("val_loss") is not None else row["train_loss"])
+        elif scheduler is not None:
+            scheduler.step()
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
-        if on_epoch is not None and on_epoch(epoch, row) is False:
-            result.cancelled = True
-            break
+        stop = False
         if monitor is not None:
             if monitor not in row:
                 raise ValueError(f"early stopping metric {monitor!r} is not computed for this task")
@@ -175,8 +251,17 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
                 best_score, result.best_epoch = score, epoch
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             elif epoch - result.best_epoch >= config.early_stopping_patience:
-                result.stopped_at = epoch
-                break
+                result.stopped_at = stop = epoch
+        if on_state is not None:
+            on_state(TrainState(epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict() if scheduler is not None else None,
+                                generator=gen.get_state(), best_epoch=result.best_epoch, best_score=best_score,
+                                best_net=best_state), result.history)
+        if on_epoch is not None and on_epoch(epoch, row) is False:
+            result.cancelled = True
+            break
+        if stop:
+            break
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()

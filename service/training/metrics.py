@@ -1,4 +1,4 @@
-"""Per-split metrics, computed on the device with vectorised tensor code."""
+"""Per-split metrics, computed on the device with vectorised tensor code (no per-sample Python loops)."""
 
 import torch
 from torch.nn import functional as F
@@ -9,11 +9,25 @@ def wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
 
 
-def classification_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Binary cross-entropy with logits for two classes, cross-entropy for more."""
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, n_classes: int,
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits for two classes, cross-entropy for more; optional class weights."""
     if n_classes == 2:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))
-    return F.cross_entropy(logits, y)
+        target = y.to(logits.dtype)
+        if weight is None:
+            return F.binary_cross_entropy_with_logits(logits[:, 0], target)
+        per_row = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+        w = weight[y]
+        return (per_row * w).sum() / w.sum()
+    return F.cross_entropy(logits, y, weight=weight)
+
+
+def class_probabilities(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """[n, n_classes] probabilities from the network's logits."""
+    if n_classes == 2:
+        p1 = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p1, p1], dim=1)
+    return torch.softmax(logits, dim=1)
 
 
 def predicted_classes(logits: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -26,18 +40,71 @@ def regression_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred, y)
 
 
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict[str, torch.Tensor]:
-    """Mean loss and accuracy of a whole split (tensors; the caller syncs once)."""
+def confusion_matrix(y: torch.Tensor, pred: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """[true, predicted] counts."""
+    return torch.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of x, ties sharing their average rank (like scipy.stats.rankdata)."""
+    order = torch.argsort(x)
+    sorted_x = x[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    avg = (ends - (counts - 1) / 2.0).to(torch.float64 if x.device.type != "mps" else torch.float32)
+    ranks = torch.empty_like(avg[inverse])
+    ranks[order] = avg[inverse]
+    return ranks
+
+
+def binary_auroc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) identity; NaN when one class is absent."""
+    n_pos = positive.sum()
+    n_neg = positive.numel() - n_pos
+    ranks = _average_ranks(scores)
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return u / (n_pos * n_neg)
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_classes: int,
+                           weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Loss, accuracy, balanced accuracy, macro precision/recall/F1, AUROC and log loss of one split."""
+    pred = predicted_classes(logits, n_classes)
+    cm = wide(confusion_matrix(y, pred, n_classes))
+    tp = cm.diagonal()
+    support = cm.sum(dim=1)
+    predicted = cm.sum(dim=0)
+    present = support > 0
+    recall = torch.where(present, tp / support.clamp_min(1), torch.zeros_like(tp))
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
+                     torch.zeros_like(tp))
+    probs = class_probabilities(logits, n_classes)
+    if n_classes == 2:
+        auroc = binary_auroc(wide(probs[:, 1]), y == 1)
+    else:
+        per_class = torch.stack([binary_auroc(wide(probs[:, k]), y == k) for k in range(n_classes)])
+        auroc = per_class[~per_class.isnan()].mean()
+    eps = 1e-15
+    log_loss = -torch.log(wide(probs.gather(1, y[:, None])[:, 0]).clamp(eps, 1 - eps)).mean()
+    n_present = present.sum().clamp_min(1)
     return {
-        "loss": classification_loss(logits, y, n_classes),
-        "accuracy": wide((predicted_classes(logits, n_classes) == y).sum()) / len(y),
+        "loss": classification_loss(logits, y, n_classes, weight),
+        "accuracy": tp.sum() / len(y),
+        "balanced_accuracy": recall.sum() / n_present,
+        "precision_macro": precision[present].sum() / n_present,
+        "recall_macro": recall.sum() / n_present,
+        "f1_macro": f1[present].sum() / n_present,
+        "auroc": auroc,
+        "log_loss": log_loss,
     }
 
 
-def regression_metrics(pred: torch.Tensor, y: torch.Tensor, target_scale: float) -> dict[str, torch.Tensor]:
-    """MSE on standardised targets as the loss; RMSE in the target's own units; R²."""
-    mse = F.mse_loss(pred, y)
-    ss_res = ((pred - y) ** 2).sum()
-    ss_tot = ((y - y.mean(dim=0)) ** 2).sum()
-    r2 = 1 - ss_res / ss_tot.clamp_min(torch.finfo(y.dtype).tiny)
-    return {"loss": mse, "rmse": mse.sqrt() * target_scale, "r2": r2}
+def regression_metrics(pred: torch.Tensor, y: torch.Tensor, target_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Loss (MSE on standardised targets); MSE, RMSE and MAE in the target's own units; R² (mean over targets)."""
+    diff = (pred - y) * target_scale
+    mse = (diff**2).mean()
+    ss_res = ((pred - y) ** 2).sum(dim=0)
+    ss_tot = ((y - y.mean(dim=0)) ** 2).sum(dim=0)
+    r2 = (1 - ss_res / ss_tot.clamp_min(torch.finfo(y.dtype).tiny)).mean()
+    return {"loss": F.mse_loss(pred, y), "mse": mse, "rmse": mse.sqrt(), "mae": diff.abs().mean(), "r2": r2}

@@ -1,4 +1,4 @@
-"""From a table and a spec to arrays ready for training, and from records back to predictions."""
+"""From a table (or arrays) and a spec to arrays ready for training, and from inputs back to predictions."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from service.training import data as D
-from service.training.loop import TrainData, forward_chunked
-from service.training.nets import probabilities
+from service.training import metrics as M
+from service.training.loop import Task, TrainData, evaluate, forward_chunked
 
 
 @dataclass
@@ -19,52 +19,187 @@ class Prepared:
     preprocessing: dict[str, Any]
     target: dict[str, Any]
     info: dict[str, Any]
+    X_test: np.ndarray
+    y_test: np.ndarray | None
 
 
-def prepare(table: pa.Table, *, target: str, features: list[str], kinds: dict[str, str], task: str,
-            validation_fraction: float, seed: int) -> Prepared:
+@dataclass(frozen=True)
+class SplitSpec:
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.0
+    seed: int = 0
+
+
+def _three_way(n: int, split: SplitSpec, strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) row indices: test first, then validation from the rest, both seeded."""
+    rows = np.arange(n)
+    test = np.arange(0)
+    if split.test_fraction > 0:
+        s = D.split_rows(n, split.test_fraction, split.seed, strata)
+        rows, test = s.train, s.validation
+    fraction = split.validation_fraction / (1 - split.test_fraction) if split.test_fraction > 0 else \
+        split.validation_fraction
+    s = D.split_rows(len(rows), fraction, split.seed + 1 if split.test_fraction > 0 else split.seed,
+                     strata[rows] if strata is not None else None)
+    return rows[s.train], rows[s.validation], test
+
+
+def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
+            split: SplitSpec, class_weights: str | dict[str, float] | None = None) -> Prepared:
     """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
-    target_params = D.fit_target(table.column(target), task)
-    y_all = D.encode_target(table.column(target), target_params)
-    keep = (y_all >= 0) if task == "classification" else ~np.isnan(y_all)
+    y_all: np.ndarray | None
+    if task == "classification":
+        target_params = D.fit_target(table.column(targets[0]), task)
+        y_all = D.encode_target(table.column(targets[0]), target_params)
+        keep = y_all >= 0
+    elif task == "regression":
+        target_params = D.fit_regression_targets(table, targets)
+        y_all = D.encode_regression(table, target_params)
+        keep = ~np.isnan(y_all).any(axis=1)
+    else:
+        target_params, y_all, keep = {"task": task}, None, np.ones(table.num_rows, dtype=bool)
     n_dropped = int((~keep).sum())
     if not keep.any():
-        raise D.DataError(f"target '{target}' has no values", column=target)
-    table, y_all = table.filter(pa.array(keep)), y_all[keep]
+        raise D.DataError(f"target '{targets[0]}' has no values", column=targets[0])
+    if n_dropped:
+        table = table.filter(pa.array(keep))
+        y_all = y_all[keep]
     if task == "classification" and len(target_params["labels"]) < 2:
-        raise D.DataError(f"target '{target}' has only one class ({target_params['labels'][0]!r}); "
-                          "classification needs at least two", column=target)
-    split = D.split_rows(table.num_rows, validation_fraction, seed,
-                         strata=y_all if task == "classification" else None)
-    train_table = table.take(pa.array(split.train))
+        raise D.DataError(f"target '{targets[0]}' has only one class ({target_params['labels'][0]!r}); "
+                          "classification needs at least two", column=targets[0])
+    train, val, test = _three_way(table.num_rows, split, y_all if task == "classification" else None)
+    train_table = table.take(pa.array(train))
     pre = D.fit_preprocessing(train_table, features, kinds)
-    X_train = D.transform(train_table, pre)
-    X_val = D.transform(table.take(pa.array(split.validation)), pre)
-    data = TrainData(
-        task=task, X_train=X_train, y_train=y_all[split.train].astype(np.float32 if task == "regression" else np.int64),
-        X_val=X_val, y_val=y_all[split.validation].astype(np.float32 if task == "regression" else np.int64),
-        n_classes=len(target_params.get("labels", [])), target_scale=target_params.get("scale", 1.0),
-    )
-    info = {"n_train": int(len(split.train)), "n_validation": int(len(split.validation)),
+
+    def X(rows):
+        return D.transform(table.take(pa.array(rows)), pre)
+
+    def y(rows):
+        if y_all is None:
+            return None
+        return y_all[rows].astype(np.int64 if task == "classification" else np.float32)
+
+    weights = D.class_weights(y_all[train], target_params["labels"], class_weights) \
+        if task == "classification" else None
+    data = TrainData(task=task, X_train=D.transform(train_table, pre), y_train=y(train), X_val=X(val),
+                     y_val=y(val), n_classes=len(target_params.get("labels", [])),
+                     target_scale=target_params.get("scale", 1.0), class_weights=weights)
+    info = {"n_train": int(len(train)), "n_validation": int(len(val)), "n_test": int(len(test)),
             "n_rows_without_target": n_dropped, "n_inputs": int(pre["n_inputs"])}
-    return Prepared(data=data, preprocessing=pre, target=target_params, info=info)
+    return Prepared(data=data, preprocessing=pre, target=target_params, info=info, X_test=X(test), y_test=y(test))
 
 
-def predict_table(net: nn.Module, meta: dict[str, Any], table: pa.Table, device: str = "cpu") -> dict[str, Any]:
-    """Predictions in the user's label space (and class probabilities) for the rows of `table`."""
-    X = torch.as_tensor(D.transform(table, meta["preprocessing"]), device=device)
-    target = meta["target"]
+def prepare_arrays(arrays: dict[str, np.ndarray], *, task: str, split: SplitSpec,
+                   class_weights: str | dict[str, float] | None = None) -> Prepared:
+    """Image-like arrays: X [N, C, H, W] flattened to N × (C·H·W) like features.view(-1, C*H*W); uint8 → [0, 1]."""
+    X_raw = arrays["X"]
+    shape = list(X_raw.shape[1:])
+    scale = 1.0 / 255.0 if X_raw.dtype == np.uint8 else 1.0
+    X_all = (X_raw.reshape(len(X_raw), -1).astype(np.float32) * scale).astype(np.float32)
+    pre = {"kind": "array", "shape": shape, "scale": scale, "n_inputs": int(X_all.shape[1])}
+    table = pa.table({"y": pa.array(arrays["y"])}) if "y" in arrays else None
+    y_all = None
+    if task == "classification":
+        target_params = D.fit_target(table.column("y"), task)
+        y_all = D.encode_target(table.column("y"), target_params)
+    elif task == "regression":
+        target_params = D.fit_regression_targets(table, ["y"])
+        y_all = D.encode_regression(table, target_params)
+    else:
+        target_params = {"task": task}
+    if task == "classification" and len(target_params["labels"]) < 2:
+        raise D.DataError("target 'y' has only one class; classification needs at least two", column="y")
+    train, val, test = _three_way(len(X_all), split, y_all if task == "classification" else None)
+
+    def y(rows):
+        if y_all is None:
+            return None
+        return y_all[rows].astype(np.int64 if task == "classification" else np.float32)
+
+    weights = D.class_weights(y_all[train], target_params["labels"], class_weights) \
+        if task == "classification" else None
+    data = TrainData(task=task, X_train=X_all[train], y_train=y(train), X_val=X_all[val], y_val=y(val),
+                     n_classes=len(target_params.get("labels", [])), target_scale=target_params.get("scale", 1.0),
+                     class_weights=weights)
+    info = {"n_train": int(len(train)), "n_validation": int(len(val)), "n_test": int(len(test)),
+            "n_rows_without_target": 0, "n_inputs": pre["n_inputs"], "input_shape": shape}
+    return Prepared(data=data, preprocessing=pre, target=target_params, info=info, X_test=X_all[test],
+                    y_test=y(test))
+
+
+def final_report(net: nn.Module, prepared: Prepared, device: str = "cpu") -> dict[str, Any]:
+    """Held-out test metrics (once, on the final model) and, for classifiers, a labelled confusion matrix."""
+    data = prepared.data
+    dev = torch.device(device)
+    task = Task(data, dev)
+    out: dict[str, Any] = {}
+    has_test = len(prepared.X_test) > 0
+    X_eval, y_eval = (prepared.X_test, prepared.y_test) if has_test else (data.X_val, data.y_val)
+    if len(X_eval) == 0:
+        return out
+    Xt = torch.as_tensor(X_eval, dtype=torch.float32, device=dev)
+    yt = task.targets(Xt, y_eval)
+    net.eval()
     with torch.inference_mode():
-        out = forward_chunked(net, X)
+        if has_test:
+            out["test"] = evaluate(net, task, Xt, yt)
+        if data.task == "classification" and data.n_classes:
+            pred = M.predicted_classes(forward_chunked(net, Xt), data.n_classes)
+            cm = M.confusion_matrix(yt, pred, data.n_classes).cpu().tolist()
+            out["confusion_matrix"] = {"split": "test" if has_test else "validation",
+                                       "labels": [str(v) for v in prepared.target["labels"]], "matrix": cm}
+    return out
+
+
+def inputs_from_table(table: pa.Table, meta: dict[str, Any]) -> np.ndarray:
+    return D.transform(table, meta["preprocessing"])
+
+
+def inputs_from_arrays(inputs: Any, meta: dict[str, Any]) -> np.ndarray:
+    """Nested arrays shaped like the uploaded X (one per record) → the network's flattened inputs."""
+    pre = meta["preprocessing"]
+    try:
+        arr = np.asarray(inputs, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise D.DataError(f"inputs must be numeric arrays shaped [n, {', '.join(map(str, pre['shape']))}] "
+                          "with every record the same shape") from None
+    if arr.ndim >= 1 and list(arr.shape[1:]) != pre["shape"] or arr.ndim == 0 or len(arr) == 0:
+        raise D.DataError(f"inputs must be shaped [n, {', '.join(map(str, pre['shape']))}]; "
+                          f"received {list(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise D.DataError("inputs hold NaN or infinite values")
+    return (arr.reshape(len(arr), -1) * pre["scale"]).astype(np.float32)
+
+
+def predict_inputs(net: nn.Module, meta: dict[str, Any], X: np.ndarray, device: str = "cpu") -> dict[str, Any]:
+    """Predictions in the user's label space (and class probabilities) for preprocessed inputs."""
+    target = meta["target"]
+    Xt = torch.as_tensor(X, device=device)
+    with torch.inference_mode():
+        out = forward_chunked(net, Xt)
         if target["task"] == "classification":
             labels = target["labels"]
-            probs = probabilities(out, len(labels)).cpu().numpy()
-            best = probs.argmax(axis=1)
-            return {
-                "predictions": [labels[i] for i in best],
-                "probabilities": [{str(label): float(p) for label, p in zip(labels, row, strict=True)}
-                                  for row in probs],
-            }
+            if meta["spec"]["model"]["type"] == "perceptron":
+                # A threshold unit has no probabilities: say so rather than inventing them.
+                best = (out[:, 0] > 0).long().cpu().numpy()
+                return {"predictions": [labels[i] for i in best], "probabilities": None}
+            probs = M.class_probabilities(out, len(labels)).cpu().numpy().astype(np.float64)
+            return {"predictions": [labels[i] for i in probs.argmax(axis=1)],
+                    "probabilities": [{str(label): float(p) for label, p in zip(labels, row, strict=True)}
+                                      for row in probs]}
+        if target["task"] == "autoencoder":
+            # An autoencoder's answer per record is its reconstruction error (an anomaly score).
+            errors = ((out - Xt) ** 2).mean(dim=1).cpu().numpy()
+            return {"predictions": [float(e) for e in errors], "probabilities": None}
     values = D.decode_regression(out.cpu().numpy().astype(np.float64), target)
-    return {"predictions": [float(v) for v in values[:, 0]] if values.shape[1] == 1 else values.tolist(),
+    if values.shape[1] == 1:
+        return {"predictions": [float(v) for v in values[:, 0]], "probabilities": None}
+    return {"predictions": [dict(zip(target["names"], map(float, row), strict=True)) for row in values],
             "probabilities": None}
+
+
+def embed_inputs(net: nn.Sequential, X: np.ndarray, device: str = "cpu") -> list[list[float]]:
+    """Bottleneck codes of an autoencoder."""
+    with torch.inference_mode():
+        codes = forward_chunked(net[0], torch.as_tensor(X, device=device))
+    return codes.cpu().numpy().astype(np.float64).tolist()

@@ -15,10 +15,10 @@ def test_submit_returns_202_with_location_and_inferred_task(client, iris):
     job = resp.json()
     assert resp.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["task"] == "classification"
-    assert job["progress"] == {"epoch": 0, "epochs": 100}
+    assert job["progress"] == {"epoch": 0, "epochs": 300}
     assert job["spec"]["features"] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     assert job["spec"]["model"] == {"type": "mlp", "hidden_layers": [64, 64], "activation": "relu",
-                                    "dropout": 0.0, "batch_norm": False}
+                                    "dropout": 0.1, "batch_norm": False}
     assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
 
 

@@ -6,7 +6,7 @@ import torch
 from service.training.artifact import WEIGHTS, load_model, save_model
 from service.training.loop import TrainConfig, TrainData, TrainingError, train
 from service.training.nets import NetSpec
-from service.training.pipeline import predict_table, prepare
+from service.training.pipeline import SplitSpec, predict_inputs, prepare
 from tests.conftest import dataset_path
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
@@ -33,8 +33,8 @@ def test_logistic_regression_cannot_fit_xor():
 def iris_prepared(seed=0):
     table = pacsv.read_csv(dataset_path("iris.csv"))
     features = [c for c in table.column_names if c != "species"]
-    return prepare(table, target="species", features=features, kinds={f: "numeric" for f in features},
-                   task="classification", validation_fraction=0.2, seed=seed)
+    return prepare(table, targets=["species"], features=features, kinds={f: "numeric" for f in features},
+                   task="classification", split=SplitSpec(validation_fraction=0.2, seed=seed))
 
 
 def test_same_seed_gives_identical_metrics():
@@ -89,9 +89,9 @@ def test_model_round_trips_through_safetensors_and_json(tmp_path):
     save_model(tmp_path / "m", result.net, meta)
     assert (tmp_path / "m" / WEIGHTS).read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle stream
     net, loaded = load_model(tmp_path / "m")
-    table = pacsv.read_csv(dataset_path("iris.csv"))
-    a = predict_table(result.net, meta, table)
-    b = predict_table(net, loaded, table)
+    X = prepared.data.X_val
+    a = predict_inputs(result.net, meta, X)
+    b = predict_inputs(net, loaded, X)
     assert a == b
     assert set(a["predictions"]) <= {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
     assert all(sum(p.values()) == pytest.approx(1.0, abs=1e-6) for p in a["probabilities"])

@@ -1,0 +1,68 @@
+"""Rosenblatt's perceptron, exactly as the lecture's pseudocode: no gradient, no optimizer.
+
+    w := 0 (bias included)
+    for every epoch, for every <x, y> in D:
+        ŷ := σ(xᵀw)  with σ the threshold unit (1 if xᵀw > 0 else 0)
+        w := w + (y − ŷ)·x
+"""
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from service.training.loop import TrainConfig, TrainData, TrainResult
+from service.training.nets import NetSpec, build_network
+
+
+def threshold(z: np.ndarray) -> np.ndarray:
+    return (z > 0).astype(np.int64)
+
+
+def train_perceptron(data: TrainData, config: TrainConfig,
+                     on_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> TrainResult:
+    """Per-example updates until an epoch makes no mistake or the epochs run out."""
+    if data.task != "classification" or data.n_classes != 2:
+        raise ValueError("the perceptron learns binary targets only")
+    X = np.hstack([data.X_train.astype(np.float64), np.ones((len(data.X_train), 1))])
+    Xv = np.hstack([data.X_val.astype(np.float64), np.ones((len(data.X_val), 1))])
+    y, yv = data.y_train, data.y_val
+    w = np.zeros(X.shape[1])
+    result = TrainResult(net=None)  # type: ignore[arg-type]
+    converged_at = None
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        mistakes = 0
+        for xi, yi in zip(X, y, strict=True):
+            err = yi - (1 if xi @ w > 0 else 0)
+            if err:
+                w += err * xi
+                mistakes += 1
+        row = {"train_accuracy": float((threshold(X @ w) == y).mean()), "train_mistakes": mistakes}
+        if len(Xv):
+            row["val_accuracy"] = float((threshold(Xv @ w) == yv).mean())
+        row["seconds"] = time.perf_counter() - started
+        result.history.append(row)
+        if on_epoch is not None and on_epoch(epoch, row) is False:
+            result.cancelled = True
+            break
+        if mistakes == 0:
+            converged_at = epoch
+            break
+    net = build_network(NetSpec(type="perceptron"), X.shape[1] - 1, 1)
+    with torch.no_grad():
+        net[0].weight.copy_(torch.as_tensor(w[:-1], dtype=torch.float32)[None, :])
+        net[0].bias.fill_(float(w[-1]))
+    result.net = net.eval()
+    best_train = max(r["train_accuracy"] for r in result.history) if result.history else 0.0
+    if converged_at is not None:
+        result.info = {"converged": True, "converged_at_epoch": converged_at,
+                       "note": f"converged at epoch {converged_at}: every training example is classified "
+                               "correctly"}
+    else:
+        result.info = {"converged": False,
+                       "note": f"did not converge in {len(result.history)} epochs: the training data are not "
+                               f"linearly separable for a perceptron (best training accuracy {best_train:.3f}); "
+                               "an mlp with a hidden layer can fit such data"}
+    return result

@@ -82,6 +82,7 @@ def api(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = None,
 @app.command()
 def worker(
     devices: Annotated[str, typer.Option(help="auto, cpu, or a list such as cuda:0,cuda:1")] = "auto",
+    slots_per_device: Annotated[int, typer.Option(min=1, max=64, help="Jobs at once on each device")] = 1,
     data_dir: DataDirOpt = None, database_url: DbOpt = None,
 ) -> None:
     """Run a worker that claims and trains queued jobs."""
@@ -96,7 +97,7 @@ def worker(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    Worker(settings, found).run()
+    Worker(settings, found, slots_per_device=slots_per_device).run()
 
 
 @app.command()
@@ -127,6 +128,14 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
         except subprocess.TimeoutExpired:
             worker_proc.kill()
             worker_proc.wait()
+
+
+from service.cli_client import datasets_app, jobs_app, models_app, predict  # noqa: E402 (mounted after the core)
+
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
+app.command(name="predict")(predict)
 
 
 def main() -> None:

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     cancel_grace_s: float = Field(default=10.0, ge=0)
+    torch_threads: int = Field(default=0, ge=0, le=1024, description="Threads per training process; 0: torch's default")
+    progress_flush_s: float = Field(default=0.5, ge=0, description="Longest wait before epoch metrics and a "
+                                   "checkpoint are written; 0 writes after every epoch")
+    reap_every_s: float = Field(default=5.0, gt=0, description="How often the API and workers requeue lost jobs")
 
     # Predict
     model_cache_size: int = Field(default=16, ge=1)

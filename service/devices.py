@@ -1,5 +1,6 @@
 """Device discovery (CUDA, MPS, CPU) and the pure choice of a device for a job."""
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 
@@ -42,6 +43,12 @@ def discover(spec: str = "auto") -> list[Device]:
     for w in wanted:
         out.extend([d for d in found if d.kind == "cuda"] if w == "cuda" else [by_name[w]])
     return out
+
+
+def free_devices(devices: list[Device], running_on: list[str], slots_per_device: int) -> list[Device]:
+    """Devices with a free slot, given the device names of the jobs running now."""
+    busy = Counter(running_on)
+    return [d for d in devices if busy[d.name] < slots_per_device]
 
 
 def accepted_requests(devices: list[Device]) -> list[str]:

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from service.db import utcnow
 from service.errors import Conflict
 from service.tables import EpochMetric, Job, JobStatus, Model
+
+NOTIFY_CHANNEL = "mlps_jobs"
 
 
 class LeaseLost(Exception):
@@ -27,6 +29,7 @@ class Claim:
     token: str
     device_request: str
     attempt: int
+    max_runtime_s: float | None = None
 
 
 def new_id(prefix: str) -> str:
@@ -40,6 +43,9 @@ def enqueue(*, session: Session, dataset_id: str, spec: dict[str, Any], task: st
               attempts=0, cancel_requested=False)
     session.add(job)
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        # Delivered at commit: idle workers LISTENing wake at once instead of at their next poll.
+        session.execute(text("SELECT pg_notify(:channel, :job_id)"), {"channel": NOTIFY_CHANNEL, "job_id": job.id})
     return job
 
 
@@ -61,11 +67,12 @@ def claim_next_job(*, session: Session, worker_id: str, device_requests: list[st
         .values(status=JobStatus.RUNNING, worker_id=worker_id, lease_token=token,
                 lease_expires_at=now + timedelta(seconds=lease_s), attempts=Job.attempts + 1,
                 started_at=func.coalesce(Job.started_at, now), updated_at=now)
-        .returning(Job.id, Job.device_request, Job.attempts)
+        .returning(Job.id, Job.device_request, Job.attempts, Job.spec)
     ).first()
     if row is None:
         return None
-    return Claim(job_id=row[0], token=token, device_request=row[1], attempt=row[2])
+    return Claim(job_id=row[0], token=token, device_request=row[1], attempt=row[2],
+                 max_runtime_s=(row[3] or {}).get("max_runtime_s"))
 
 
 def _guarded(session: Session, job_id: str, token: str, **values: Any) -> None:
@@ -95,12 +102,21 @@ def start_attempt(*, session: Session, job_id: str, token: str, device: str, fro
     session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch > from_epoch))
 
 
-def record_epoch(*, session: Session, job_id: str, token: str, epoch: int, metrics: dict[str, Any],
-                 lease_s: float) -> bool:
-    """Store one epoch's metrics and renew the lease; returns whether the user asked to cancel."""
-    _guarded(session, job_id, token, epoch=epoch, latest_metrics={"epoch": epoch, **metrics},
-             lease_expires_at=utcnow() + timedelta(seconds=lease_s))
-    session.execute(insert(EpochMetric).values(job_id=job_id, epoch=epoch, metrics=metrics, created_at=utcnow()))
+def record_epochs(*, session: Session, job_id: str, token: str, rows: list[tuple[int, dict[str, Any]]],
+                  lease_s: float, checkpoint: dict[str, Any] | None = None) -> bool:
+    """Store epochs' metrics (and the checkpoint taken after the last of them) and renew the lease.
+
+    Returns whether the user asked to cancel.
+    """
+    extra: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
+    if rows:
+        epoch, metrics = rows[-1]
+        extra |= {"epoch": epoch, "latest_metrics": {"epoch": epoch, **metrics}}
+    _guarded(session, job_id, token, lease_expires_at=utcnow() + timedelta(seconds=lease_s), **extra)
+    if rows:
+        now = utcnow()
+        session.execute(insert(EpochMetric), [{"job_id": job_id, "epoch": e, "metrics": m, "created_at": now}
+                                              for e, m in rows])
     return _cancel_requested(session, job_id)
 
 

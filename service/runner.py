@@ -2,6 +2,10 @@
 
 import contextlib
 import logging
+import os
+import select
+import shutil
+import threading
 import time
 from typing import Any
 
@@ -13,8 +17,8 @@ from service.db import make_engine, make_sessionmaker, session_scope
 from service.storage import Storage, publish
 from service.tables import Dataset, Job, Model
 from service.training import data as D
-from service.training.artifact import save_model
-from service.training.loop import TrainConfig, TrainingError, train
+from service.training.artifact import load_checkpoint, prune_checkpoints, save_checkpoint, save_model
+from service.training.loop import TrainConfig, TrainingError, TrainState, train
 from service.training.nets import NetSpec, count_parameters
 from service.training.perceptron import train_perceptron
 from service.training.pipeline import SplitSpec, final_report, prepare, prepare_arrays
@@ -34,9 +38,12 @@ def _feature_schema(preprocessing: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def run_job(settings_json: str, job_id: str, token: str, device: str, device_description: str) -> None:
+def run_job(settings_json: str, job_id: str, token: str, device: str, device_description: str,
+            worker_pid: int) -> None:
     """Entry point of the child process. Every write is guarded by the lease token."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _exit_with_worker(worker_pid)
+    log.info("job %s: training process %d started on %s", job_id, os.getpid(), device_description)
     settings = Settings.model_validate_json(settings_json)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
@@ -54,9 +61,101 @@ def run_job(settings_json: str, job_id: str, token: str, device: str, device_des
         engine.dispose()
 
 
+def _exit_with_worker(worker_pid: int) -> None:
+    """Stop this process the moment its worker dies (even by kill -9), so a lost worker leaves no training
+    behind that could keep renewing the lease. Our parent is the fork server, not the worker, so we watch
+    the worker's pid; a zombie counts as dead."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(worker_pid)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                try:
+                    os.kill(worker_pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(1.0)
+        log.error("worker %d is gone; stopping this training process", worker_pid)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="mlps-worker-watch", daemon=True).start()
+
+
+SMALL_JOB_WORK = 50_000_000  # parameters × training rows below which one thread beats a thread pool
+
+
+def _set_threads(configured: int, work: int) -> int:
+    """Threads for this job: the configured count, else 1 for small jobs (a pool costs more than it
+    saves there), else torch's default. The fork server warmed up on one thread (see service.preload)."""
+    from service.preload import DEFAULT_THREADS
+
+    threads = configured or (1 if work < SMALL_JOB_WORK else DEFAULT_THREADS)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _fail(sessions, job_id: str, token: str, message: str) -> None:
     with session_scope(sessions) as s:
         queue.fail(session=s, job_id=job_id, token=token, error=message)
+
+
+class Progress:
+    """Epoch metrics and checkpoints on their way to the database, written together in one guarded
+    transaction at most every `progress_flush_s` (and at the end), so that tiny epochs do not each pay
+    for a commit and a checkpoint, and a resumed attempt never finds rows past its checkpoint."""
+
+    def __init__(self, settings: Settings, sessions, job_id: str, token: str, folder) -> None:
+        self.settings, self.sessions, self.job_id, self.token, self.folder = settings, sessions, job_id, token, folder
+        self.rows: list[tuple[int, dict[str, Any]]] = []
+        self.pending: dict[str, Any] | None = None
+        self.last_flush = time.monotonic()
+        self.cancel = False
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_flush >= self.settings.progress_flush_s
+
+    def checkpoint(self, state: TrainState, history: list[dict[str, Any]]) -> None:
+        """Write the files now; the database points at them when the epoch's metrics are flushed."""
+        name = f"{self.token[:8]}-{state.epoch}"
+        save_checkpoint(self.folder, name, state, {"history": history})
+        self.pending = {"epoch": state.epoch, "file": name}
+
+    def add(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        """Queue one epoch's metrics; flush when a checkpoint waits or time is up. Returns cancel requested."""
+        self.rows.append((epoch, metrics))
+        if self.pending is not None or self.due():
+            self.flush()
+        return self.cancel
+
+    def flush(self) -> None:
+        pending, rows = self.pending, self.rows
+        with session_scope(self.sessions) as s:
+            self.cancel = queue.record_epochs(session=s, job_id=self.job_id, token=self.token, rows=rows,
+                                              lease_s=self.settings.lease_s, checkpoint=pending)
+        self.rows, self.pending, self.last_flush = [], None, time.monotonic()
+        if pending is not None:
+            prune_checkpoints(self.folder, keep=pending["file"])
+
+
+class TimeLimit(Exception):
+    """The job has trained longer than its max_runtime_s."""
+
+
+def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | None):
+    """(TrainState, history) of the checkpoint the database points at, or (None, []) to start afresh."""
+    if not checkpoint:
+        return None, []
+    try:
+        fields, extra = load_checkpoint(storage.checkpoint_dir(job_id), checkpoint["file"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("job %s: checkpoint %s unreadable (%s); starting from epoch 0", job_id, checkpoint, exc)
+        return None, []
+    return TrainState(**fields), extra["history"]
 
 
 def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str, device: str,
@@ -64,12 +163,17 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
     with session_scope(sessions) as s:
         job = s.get(Job, job_id)
         dataset = s.get(Dataset, job.dataset_id) if job.dataset_id else None
-        spec, task = job.spec, job.task
-        columns = {c["name"]: c for c in dataset.columns} if dataset else {}
-        queue.start_attempt(session=s, job_id=job_id, token=token, device=device_description)
+        spec, task, checkpoint = job.spec, job.task, job.checkpoint
+    resume, history = _resume_point(storage, job_id, checkpoint)
+    with session_scope(sessions) as s:
+        queue.start_attempt(session=s, job_id=job_id, token=token, device=device_description,
+                            from_epoch=resume.epoch if resume else 0)
+    if resume:
+        log.info("job %s: resuming after epoch %d", job_id, resume.epoch)
     if dataset is None:
         _fail(sessions, job_id, token, "the job's data set was deleted before it could start")
         return
+    columns = {c["name"]: c for c in dataset.columns}
     features = spec["features"]
     targets = spec.get("targets") or ([spec["target"]] if spec.get("target") else [])
     training = spec["training"]
@@ -77,12 +181,23 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
                       test_fraction=training.get("test_fraction", 0.0), seed=training["seed"])
     net_spec = NetSpec.from_dict(spec["model"])
     config = TrainConfig.from_dict(training)
+    max_runtime = spec.get("max_runtime_s")
     started = time.perf_counter()
+    earlier_seconds = sum(row.get("seconds", 0.0) for row in history)
+    ckpt_dir = storage.checkpoint_dir(job_id)
+    progress = Progress(settings, sessions, job_id, token, ckpt_dir)
+
+    def on_state(state: TrainState, rows: list[dict[str, Any]]) -> None:
+        if progress.due():
+            progress.checkpoint(state, rows)
 
     def on_epoch(epoch: int, metrics: dict[str, Any]) -> bool:
-        with session_scope(sessions) as s:
-            cancel = queue.record_epoch(session=s, job_id=job_id, token=token, epoch=epoch, metrics=metrics,
-                                        lease_s=settings.lease_s)
+        cancel = progress.add(epoch, metrics)
+        ran = earlier_seconds + time.perf_counter() - started
+        if max_runtime is not None and ran > max_runtime:
+            progress.flush()
+            raise TimeLimit(f"the job exceeded its time limit (max_runtime_s={max_runtime}) at epoch {epoch} "
+                            f"after {ran:.1f} s of training; raise max_runtime_s or lower epochs")
         return not cancel
 
     try:
@@ -95,21 +210,34 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
             prepared = prepare(table, targets=targets, features=features,
                                kinds={f: columns[f]["kind"] for f in features}, task=task, split=split,
                                class_weights=training.get("class_weights"))
+        width = [prepared.data.X_train.shape[1], *net_spec.hidden_layers, prepared.data.n_outputs]
+        threads = _set_threads(settings.torch_threads,
+                               sum(a * b for a, b in zip(width, width[1:], strict=False)) * len(prepared.data.X_train))
+        data_seconds = time.perf_counter() - started
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
         if net_spec.type == "perceptron":
             result = train_perceptron(prepared.data, config, on_epoch=on_epoch)
         else:
-            result = train(prepared.data, net_spec, config, device=device, on_epoch=on_epoch)
+            result = train(prepared.data, net_spec, config, device=device, on_epoch=on_epoch, on_state=on_state,
+                           resume=resume, history=history)
+        progress.flush()
         report = final_report(result.net, prepared, device=device) if not result.cancelled else {}
-    except (D.DataError, TrainingError) as exc:
+    except (D.DataError, TrainingError, TimeLimit) as exc:
+        progress.flush()  # the curve up to the failure stays visible
         _fail(sessions, job_id, token, str(exc))
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
         return
     except torch.OutOfMemoryError:
+        progress.flush()
         _fail(sessions, job_id, token, f"out of memory on {device_description}; use a smaller batch_size "
                                         "or smaller hidden layers")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
         return
     if result.cancelled:
         with session_scope(sessions) as s:
             queue.finish_cancelled(session=s, job_id=job_id, token=token)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
         return
 
     kept = result.best_epoch or len(result.history)
@@ -127,17 +255,25 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
     size = save_model(staging / model_id, result.net, meta)
     publish(staging / model_id, storage.model_dir(model_id))
     staging.rmdir()
+    train_seconds = sum(row.get("seconds", 0.0) for row in result.history)
     run_info = {**prepared.info, "parameters": count_parameters(result.net),
-                "train_seconds": round(time.perf_counter() - started, 3), "epochs_run": len(result.history),
+                "train_seconds": round(train_seconds, 3), "epochs_run": len(result.history),
+                "samples_per_second": round(prepared.info["n_train"] * len(result.history) / max(train_seconds, 1e-9)),
+                "resumed_from_epoch": resume.epoch if resume else None, "threads": threads,
+                "data_seconds": round(data_seconds, 3),
                 "best_epoch": result.best_epoch, "early_stopped_at": result.stopped_at, **report, **result.info}
     model = Model(id=model_id, job_id=job_id, dataset_id=dataset.id, model_type=net_spec.type, task=task,
                   target=",".join(targets) or None, features=meta["features"],
                   labels=prepared.target.get("labels"),
                   metrics=final, size_bytes=size)
+    if device.startswith("cuda"):
+        run_info["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
     try:
         with session_scope(sessions) as s:
             queue.succeed(session=s, job_id=job_id, token=token, model=model, result=run_info)
     except BaseException:
         storage.remove_model(model_id)
         raise
-    log.info("job %s succeeded: model %s, %s", job_id, model_id, final)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info("job %s succeeded: model %s (data %.2f s, training %.2f s, total %.2f s)", job_id, model_id,
+             data_seconds, train_seconds, time.perf_counter() - started)

@@ -129,6 +129,8 @@ class JobCreate(_Input):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,2}|mps)$",
                         description="auto, cpu, cuda, cuda:N or mps")
+    max_runtime_s: int | None = Field(default=None, ge=1, le=30 * 24 * 3600,
+                                      description="Fail the job once it has trained this many seconds")
 
 
 class Progress(BaseModel):

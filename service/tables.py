@@ -55,6 +55,8 @@ class Job(Base):
     epochs: Mapped[int] = mapped_column(Integer)
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The newest checkpoint a lease holder recorded: {"epoch": k, "file": name}; the files alone prove nothing.
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     model_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

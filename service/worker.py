@@ -14,14 +14,12 @@ from sqlalchemy import update
 from service import queue
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, require_schema_at_head, session_scope, utcnow
-from service.devices import Device, accepted_requests, choose
+from service.devices import Device, accepted_requests, choose, free_devices
 from service.storage import Storage
 from service.tables import Job, JobStatus
 from service.tables import Worker as WorkerRow
 
 log = logging.getLogger("mlps.worker")
-
-REAP_EVERY_S = 5.0
 
 
 def _noop() -> None:
@@ -32,7 +30,7 @@ def _context() -> mp.context.BaseContext:
     """Children fork from a server that imported torch once, so a job start does not pay for it again."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["service.runner"])
+        ctx.set_forkserver_preload(["service.cli", "service.preload"])
         return ctx
     return mp.get_context("spawn")
 
@@ -44,16 +42,45 @@ class Slot:
     claim: queue.Claim
     device: Device
     process: mp.process.BaseProcess
+    started: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
     cancel_seen_at: float | None = None
+    time_limit_hit: bool = False
+
+
+class Wakeup:
+    """Waits for the next poll, or less on PostgreSQL when a NOTIFY says a job was queued."""
+
+    def __init__(self, database_url: str) -> None:
+        self.conn = None
+        if database_url.startswith("postgresql"):
+            import psycopg
+            from sqlalchemy import make_url
+
+            url = make_url(database_url).set(drivername="postgresql")
+            self.conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+            self.conn.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        if self.conn is None:
+            stop.wait(timeout)
+            return
+        for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+            pass
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
 
 class Worker:
     """Claims queued jobs its devices can run, one child process per job and device."""
 
-    def __init__(self, settings: Settings, devices: list[Device], *, worker_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, devices: list[Device], *, slots_per_device: int = 1,
+                 worker_id: str | None = None) -> None:
         self.settings = settings
         self.devices = devices
+        self.slots_per_device = slots_per_device
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
@@ -90,11 +117,13 @@ class Worker:
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
         self.start()
+        wakeup = Wakeup(self.settings.database_url)
         try:
             while not self._stop.is_set():
                 self.tick()
-                self._stop.wait(self.settings.poll_interval_s)
+                wakeup.wait(self.settings.poll_interval_s, self._stop)
         finally:
+            wakeup.close()
             self.shutdown()
 
     def run_once(self, timeout_s: float = 600.0) -> str | None:
@@ -112,7 +141,7 @@ class Worker:
     def tick(self) -> None:
         """One round: reap, supervise children, heartbeat, claim while a device is free."""
         now = time.monotonic()
-        if now - self._last_reap >= REAP_EVERY_S:
+        if now - self._last_reap >= self.settings.reap_every_s:
             self._last_reap = now
             with session_scope(self.sessions) as s:
                 reaped = queue.reap_expired(session=s, max_attempts=self.settings.max_attempts)
@@ -144,8 +173,8 @@ class Worker:
     # ------------------------------------------------------------ jobs
 
     def _free_devices(self) -> list[Device]:
-        busy = {slot.device.name for slot in self.slots.values()}
-        return [d for d in self.devices if d.name not in busy]
+        """Devices with a free slot: at most slots_per_device jobs run on each."""
+        return free_devices(self.devices, [slot.device.name for slot in self.slots.values()], self.slots_per_device)
 
     def _claim(self) -> queue.Claim | None:
         free = self._free_devices()
@@ -162,7 +191,8 @@ class Worker:
 
         process = self._ctx.Process(
             target=run_job, name=f"mlps-job-{claim.job_id}",
-            args=(self.settings.model_dump_json(), claim.job_id, claim.token, device.name, device.description),
+            args=(self.settings.model_dump_json(), claim.job_id, claim.token, device.name, device.description,
+                  os.getpid()),
         )
         process.start()
         self.slots[claim.job_id] = Slot(claim=claim, device=device, process=process)
@@ -192,6 +222,11 @@ class Worker:
             if slot.cancel_seen_at is not None and now - slot.cancel_seen_at > self.settings.cancel_grace_s:
                 # The child stops by itself at the end of an epoch; a very long epoch is cut short here.
                 self._terminate(slot)
+            limit = slot.claim.max_runtime_s
+            if limit is not None and now - slot.started > limit + self.settings.cancel_grace_s:
+                # The child checks its time at each epoch end; an epoch that never ends is stopped here.
+                slot.time_limit_hit = True
+                self._terminate(slot)
 
     def _after_exit(self, slot: Slot) -> None:
         """The child is gone: if it left its job running, settle the job here."""
@@ -203,6 +238,10 @@ class Worker:
             try:
                 if job.cancel_requested:
                     queue.finish_cancelled(session=s, job_id=job_id, token=token)
+                elif slot.time_limit_hit:
+                    queue.fail(session=s, job_id=job_id, token=token,
+                               error=f"the job exceeded its time limit (max_runtime_s={slot.claim.max_runtime_s}) "
+                                     "within one epoch; raise max_runtime_s or use a smaller data set per epoch")
                 else:
                     code = slot.process.exitcode
                     why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"

@@ -11,6 +11,7 @@ from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.errors import Conflict
 from service.tables import Dataset, Job, JobStatus
 
+BOTH_DATABASES = True
 SPEC = {"device": "auto", "training": {"epochs": 3}}
 
 
@@ -68,7 +69,7 @@ def test_a_stale_token_can_change_nothing(sessions):
     (job_id,) = enqueue(sessions)
     c = claim(sessions)
     with session_scope(sessions) as s, pytest.raises(queue.LeaseLost):
-        queue.record_epoch(session=s, job_id=job_id, token="not-the-token", epoch=1, metrics={}, lease_s=30)
+        queue.record_epochs(session=s, job_id=job_id, token="not-the-token", rows=[(1, {})], lease_s=30)
     with session_scope(sessions) as s:
         queue.fail(session=s, job_id=job_id, token=c.token, error="boom")
     with session_scope(sessions) as s, pytest.raises(queue.LeaseLost):
@@ -120,13 +121,13 @@ def test_a_new_attempt_drops_the_lost_attempts_metrics(sessions):
     with session_scope(sessions) as s:
         queue.start_attempt(session=s, job_id=job_id, token=c.token, device="cpu")
         for epoch in (1, 2):
-            queue.record_epoch(session=s, job_id=job_id, token=c.token, epoch=epoch, metrics={"x": 1}, lease_s=30)
+            queue.record_epochs(session=s, job_id=job_id, token=c.token, rows=[(epoch, {"x": 1})], lease_s=30)
         s.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
         queue.reap_expired(session=s, max_attempts=3)
     c2 = claim(sessions)
     with session_scope(sessions) as s:
         queue.start_attempt(session=s, job_id=job_id, token=c2.token, device="cpu")
-        queue.record_epoch(session=s, job_id=job_id, token=c2.token, epoch=1, metrics={"x": 2}, lease_s=30)
+        queue.record_epochs(session=s, job_id=job_id, token=c2.token, rows=[(1, {"x": 2})], lease_s=30)
     with session_scope(sessions) as s:
         rows = s.query(EpochMetric).filter_by(job_id=job_id).all()
         assert [(r.epoch, r.metrics) for r in rows] == [(1, {"x": 2})]

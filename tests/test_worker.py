@@ -9,6 +9,8 @@ from tests.api.test_datasets import problem
 from tests.conftest import upload
 from tests.helpers import wait_for
 
+BOTH_DATABASES = True
+
 IRIS_RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 

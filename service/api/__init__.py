@@ -5,10 +5,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import service
-from service.api import datasets, jobs, models, system
+from service.api import datasets, events, jobs, models, ops, scoring, system, workers
 from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker, require_schema_at_head
 from service.errors import install_error_handlers
+from service.fleet import Reaper
 from service.predict import ModelCache
 from service.storage import Storage
 
@@ -21,7 +22,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         require_schema_at_head(app.state.engine)
         app.state.storage.ensure()
+        reaper = Reaper(app.state.sessions, max_attempts=settings.max_attempts, every_s=settings.reap_every_s)
+        reaper.start()
         yield
+        reaper.stop()
         app.state.engine.dispose()
 
     app = FastAPI(title="MLP Service", version=service.__version__, lifespan=lifespan,
@@ -32,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage(settings.data_dir)
     app.state.model_cache = ModelCache(app.state.storage, settings.model_cache_size)
     install_error_handlers(app)
-    for module in (system, datasets, jobs, models):
+    ops.install(app)
+    for module in (system, datasets, jobs, models, events, scoring, ops, workers):
         app.include_router(module.router)
     return app

@@ -48,7 +48,8 @@ def get_session(request: Request) -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client that got 201/202 reads what it wrote.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 LimitDep = Annotated[int, Query(ge=1, le=500, description="Page size")]
 OffsetDep = Annotated[int, Query(ge=0, le=10**9, description="Items to skip")]

@@ -82,6 +82,7 @@ class TrainState:
     best_epoch: int | None
     best_score: float
     best_net: dict[str, torch.Tensor] | None
+    rng: dict[str, torch.Tensor]  # the global generators (dropout draws from them)
 
 
 @dataclass
@@ -92,6 +93,13 @@ class TrainResult:
     best_epoch: int | None = None  # the epoch whose weights were kept, when early stopping monitored one
     stopped_at: int | None = None  # the epoch early stopping ended training, if it did
     info: dict[str, Any] = field(default_factory=dict)  # facts worth showing with the job's result
+
+
+def _rng_states(dev: torch.device) -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if dev.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(dev)
+    return states
 
 
 def _lower_is_better(metric: str) -> bool:
@@ -206,6 +214,9 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
         if scheduler is not None and resume.scheduler is not None:
             scheduler.load_state_dict(resume.scheduler)
         gen.set_state(resume.generator)
+        torch.set_rng_state(resume.rng["cpu"])
+        if dev.type == "cuda" and "cuda" in resume.rng:
+            torch.cuda.set_rng_state(resume.rng["cuda"], dev)
         result.best_epoch, best_score, best_state = resume.best_epoch, resume.best_score, resume.best_net
         first_epoch = resume.epoch + 1
     net.train()
@@ -256,7 +267,7 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
             on_state(TrainState(epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
                                 scheduler=scheduler.state_dict() if scheduler is not None else None,
                                 generator=gen.get_state(), best_epoch=result.best_epoch, best_score=best_score,
-                                best_net=best_state), result.history)
+                                best_net=best_state, rng=_rng_states(dev)), result.history)
         if on_epoch is not None and on_epoch(epoch, row) is False:
             result.cancelled = True
             break

@@ -44,49 +44,64 @@ def _three_way(n: int, split: SplitSpec, strata: np.ndarray | None) -> tuple[np.
     return rows[s.train], rows[s.validation], test
 
 
-def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
-            split: SplitSpec, class_weights: str | dict[str, float] | None = None) -> Prepared:
-    """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
-    y_all: np.ndarray | None
+def _fit_targets(table: pa.Table | None, targets: list[str], task: str):
+    """(target parameters, encoded targets or None, rows that have a target)."""
     if task == "classification":
-        target_params = D.fit_target(table.column(targets[0]), task)
-        y_all = D.encode_target(table.column(targets[0]), target_params)
-        keep = y_all >= 0
-    elif task == "regression":
-        target_params = D.fit_regression_targets(table, targets)
-        y_all = D.encode_regression(table, target_params)
-        keep = ~np.isnan(y_all).any(axis=1)
-    else:
-        target_params, y_all, keep = {"task": task}, None, np.ones(table.num_rows, dtype=bool)
-    n_dropped = int((~keep).sum())
-    if not keep.any():
-        raise D.DataError(f"target '{targets[0]}' has no values", column=targets[0])
-    if n_dropped:
-        table = table.filter(pa.array(keep))
-        y_all = y_all[keep]
-    if task == "classification" and len(target_params["labels"]) < 2:
-        raise D.DataError(f"target '{targets[0]}' has only one class ({target_params['labels'][0]!r}); "
-                          "classification needs at least two", column=targets[0])
-    train, val, test = _three_way(table.num_rows, split, y_all if task == "classification" else None)
-    train_table = table.take(pa.array(train))
-    pre = D.fit_preprocessing(train_table, features, kinds)
+        params = D.fit_target(table.column(targets[0]), task)
+        y_all = D.encode_target(table.column(targets[0]), params)
+        if len(params["labels"]) < 2:
+            only = params["labels"][0] if params["labels"] else None
+            raise D.DataError(f"target '{targets[0]}' has only one class ({only!r}); classification needs at "
+                              "least two", column=targets[0])
+        return params, y_all, y_all >= 0
+    if task == "regression":
+        params = D.fit_regression_targets(table, targets)
+        y_all = D.encode_regression(table, params)
+        return params, y_all, ~np.isnan(y_all).any(axis=1)
+    return {"task": task}, None, None
 
-    def X(rows):
-        return D.transform(table.take(pa.array(rows)), pre)
+
+def _assemble(task: str, params: dict[str, Any], y_all: np.ndarray | None, X_of, split: SplitSpec,
+              class_weights: str | dict[str, float] | None, n_rows: int):
+    """Split rows, then build TrainData and the held-out test arrays; X_of(rows) gives the inputs."""
+    train, val, test = _three_way(n_rows, split, y_all if task == "classification" else None)
 
     def y(rows):
         if y_all is None:
             return None
         return y_all[rows].astype(np.int64 if task == "classification" else np.float32)
 
-    weights = D.class_weights(y_all[train], target_params["labels"], class_weights) \
-        if task == "classification" else None
-    data = TrainData(task=task, X_train=D.transform(train_table, pre), y_train=y(train), X_val=X(val),
-                     y_val=y(val), n_classes=len(target_params.get("labels", [])),
-                     target_scale=target_params.get("scale", 1.0), class_weights=weights)
-    info = {"n_train": int(len(train)), "n_validation": int(len(val)), "n_test": int(len(test)),
-            "n_rows_without_target": n_dropped, "n_inputs": int(pre["n_inputs"])}
-    return Prepared(data=data, preprocessing=pre, target=target_params, info=info, X_test=X(test), y_test=y(test))
+    weights = D.class_weights(y_all[train], params["labels"], class_weights) if task == "classification" else None
+    data = TrainData(task=task, X_train=X_of(train), y_train=y(train), X_val=X_of(val), y_val=y(val),
+                     n_classes=len(params.get("labels", [])), target_scale=params.get("scale", 1.0),
+                     class_weights=weights)
+    counts = {"n_train": int(len(train)), "n_validation": int(len(val)), "n_test": int(len(test))}
+    return data, X_of(test), y(test), counts
+
+
+def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
+            split: SplitSpec, class_weights: str | dict[str, float] | None = None) -> Prepared:
+    """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
+    params, y_all, keep = _fit_targets(table, targets, task)
+    n_dropped = 0
+    if keep is not None:
+        n_dropped = int((~keep).sum())
+        if n_dropped == len(keep):
+            raise D.DataError(f"target '{targets[0]}' has no values", column=targets[0])
+        if n_dropped:
+            table, y_all = table.filter(pa.array(keep)), y_all[keep]
+    fitted: dict[str, Any] = {}
+
+    def X_of(rows):
+        # The first call is with the training rows: preprocessing is fitted on them alone.
+        part = table.take(pa.array(rows))
+        if not fitted:
+            fitted.update(D.fit_preprocessing(part, features, kinds))
+        return D.transform(part, fitted)
+
+    data, X_test, y_test, counts = _assemble(task, params, y_all, X_of, split, class_weights, table.num_rows)
+    info = {**counts, "n_rows_without_target": n_dropped, "n_inputs": int(fitted["n_inputs"])}
+    return Prepared(data=data, preprocessing=fitted, target=params, info=info, X_test=X_test, y_test=y_test)
 
 
 def prepare_arrays(arrays: dict[str, np.ndarray], *, task: str, split: SplitSpec,
@@ -95,36 +110,16 @@ def prepare_arrays(arrays: dict[str, np.ndarray], *, task: str, split: SplitSpec
     X_raw = arrays["X"]
     shape = list(X_raw.shape[1:])
     scale = 1.0 / 255.0 if X_raw.dtype == np.uint8 else 1.0
-    X_all = (X_raw.reshape(len(X_raw), -1).astype(np.float32) * scale).astype(np.float32)
+    X_all = X_raw.reshape(len(X_raw), -1).astype(np.float32) * np.float32(scale)
     pre = {"kind": "array", "shape": shape, "scale": scale, "n_inputs": int(X_all.shape[1])}
     table = pa.table({"y": pa.array(arrays["y"])}) if "y" in arrays else None
-    y_all = None
-    if task == "classification":
-        target_params = D.fit_target(table.column("y"), task)
-        y_all = D.encode_target(table.column("y"), target_params)
-    elif task == "regression":
-        target_params = D.fit_regression_targets(table, ["y"])
-        y_all = D.encode_regression(table, target_params)
-    else:
-        target_params = {"task": task}
-    if task == "classification" and len(target_params["labels"]) < 2:
-        raise D.DataError("target 'y' has only one class; classification needs at least two", column="y")
-    train, val, test = _three_way(len(X_all), split, y_all if task == "classification" else None)
-
-    def y(rows):
-        if y_all is None:
-            return None
-        return y_all[rows].astype(np.int64 if task == "classification" else np.float32)
-
-    weights = D.class_weights(y_all[train], target_params["labels"], class_weights) \
-        if task == "classification" else None
-    data = TrainData(task=task, X_train=X_all[train], y_train=y(train), X_val=X_all[val], y_val=y(val),
-                     n_classes=len(target_params.get("labels", [])), target_scale=target_params.get("scale", 1.0),
-                     class_weights=weights)
-    info = {"n_train": int(len(train)), "n_validation": int(len(val)), "n_test": int(len(test)),
-            "n_rows_without_target": 0, "n_inputs": pre["n_inputs"], "input_shape": shape}
-    return Prepared(data=data, preprocessing=pre, target=target_params, info=info, X_test=X_all[test],
-                    y_test=y(test))
+    params, y_all, keep = _fit_targets(table, ["y"], task)
+    if keep is not None and not keep.all():
+        raise D.DataError("'y' has missing values; every record needs a target", column="y")
+    data, X_test, y_test, counts = _assemble(task, params, y_all, lambda rows: X_all[rows], split, class_weights,
+                                             len(X_all))
+    info = {**counts, "n_rows_without_target": 0, "n_inputs": pre["n_inputs"], "input_shape": shape}
+    return Prepared(data=data, preprocessing=pre, target=params, info=info, X_test=X_test, y_test=y_test)
 
 
 def final_report(net: nn.Module, prepared: Prepared, device: str = "cpu") -> dict[str, Any]:

@@ -20,46 +20,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def mlps(*args: str, data_dir: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "MLPS_DATA_DIR": str(data_dir), "MLPS_POLL_INTERVAL_S": "0.05",
-           "MLPS_HEARTBEAT_S": "0.5"}
-    env.pop("MLPS_DATABASE_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+class Stack:
+    """Processes of one deployment sharing a data dir and a database; start, stop and kill them by name."""
 
+    def __init__(self, data_dir: Path, database_url: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.log = data_dir.parent / f"mlps-{os.getpid()}-{id(self)}.log"
+        self.env = {**os.environ, "MLPS_DATA_DIR": str(data_dir), "MLPS_POLL_INTERVAL_S": "0.05",
+                    "MLPS_HEARTBEAT_S": "0.5", **(env or {})}
+        self.env.pop("MLPS_DATABASE_URL", None)
+        if database_url:
+            self.env["MLPS_DATABASE_URL"] = database_url
+        self.procs: dict[str, subprocess.Popen] = {}
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=self.env,
+                                stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
 
+    def run(self, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "service.cli", *args], env=self.env, check=True,
+                       stdout=subprocess.DEVNULL)
 
-def ready(url: str, procs: list[subprocess.Popen], log: Path) -> bool:
-    for p in procs:
-        if p.poll() is not None:
-            raise AssertionError(f"process exited with {p.returncode}:\n{log.read_text()[-3000:]}")
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    def stop(self, name: str, timeout: float = 30) -> int:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise AssertionError(f"{name} exited with {p.returncode}:\n{self.log.read_text()[-3000:]}")
+
+    def wait_ready(self, url: str) -> None:
+        def ready() -> bool:
+            self.check_alive()
+            try:
+                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=120, interval=0.1, what=f"{url}/readyz")
 
 
 @contextmanager
-def running(*commands: list[str], data_dir: Path, port: int):
-    log = data_dir.parent / f"mlps-{port}.log"
-    procs = [mlps(*cmd, data_dir=data_dir, log=log) for cmd in commands]
-    url = f"http://127.0.0.1:{port}"
+def running(*commands: list[str], data_dir: Path, port: int, database_url: str | None = None,
+            env: dict[str, str] | None = None):
+    """Start the commands (the first serves HTTP on `port`), wait for /readyz, yield an HTTP client."""
+    stack = Stack(data_dir, database_url, env)
     try:
-        wait_for(lambda: ready(url, procs, log), timeout=120, interval=0.1, what=f"{url}/readyz")
+        for i, cmd in enumerate(commands):
+            stack.start(f"p{i}", *cmd)
+        url = f"http://127.0.0.1:{port}"
+        stack.wait_ready(url)
         with httpx.Client(base_url=url, timeout=30) as client:
             yield client
     finally:
-        for p in procs:
-            stop(p)
+        stack.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -108,3 +108,33 @@ def test_logistic_gradient_matches_closed_form():
     a = torch.sigmoid(z.detach())
     assert torch.allclose(w.grad, ((a - y)[:, None] * x).sum(0), atol=1e-5)
     assert torch.allclose(b.grad, (a - y).sum(), atol=1e-5)
+
+
+def test_resuming_from_a_checkpoint_continues_bit_for_bit(tmp_path):
+    from service.training.artifact import load_checkpoint, save_checkpoint
+    from service.training.loop import TrainState
+
+    prepared = iris_prepared()
+    spec = NetSpec(dropout=0.3)
+    config = TrainConfig(epochs=12, optimizer="adamw", weight_decay=0.01, early_stopping_patience=4,
+                         lr_schedule={"type": "plateau", "factor": 0.5, "patience": 1})
+    whole = train(prepared.data, spec, config)
+    saved = {}
+
+    def keep(state, history):
+        if state.epoch == 5:
+            save_checkpoint(tmp_path, "ck", state, {"history": history})
+            saved["epoch"] = state.epoch
+
+    train(prepared.data, spec, config, on_epoch=lambda epoch, row: epoch < 5, on_state=keep)
+    fields, extra = load_checkpoint(tmp_path, "ck")
+    resumed = train(prepared.data, spec, config, resume=TrainState(**fields), history=extra["history"])
+
+    def strip(history):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    assert saved["epoch"] == 5 and len(extra["history"]) == 5
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    for a, b in zip(resumed.net.state_dict().values(), whole.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

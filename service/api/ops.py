@@ -1,0 +1,169 @@
+"""GET /metrics (Prometheus) and the middleware that times predictions.
+
+Each app has its own CollectorRegistry (app.state.metrics_registry), so any number of apps can live in one
+process. Job, queue, worker and epoch figures are read from the database at scrape time, so every API replica
+reports the same numbers and nothing is lost on restart; prediction latency is measured in this process.
+"""
+
+import re
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import Settings
+from service.db import utcnow
+from service.tables import TERMINAL_STATUSES, Dataset, EpochMetric, Job, JobStatus, Model
+from service.tables import Worker as WorkerRow
+
+router = APIRouter(tags=["system"])
+
+JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 3 * 3600.0, 12 * 3600.0,
+                        24 * 3600.0)
+PREDICT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+EPOCH_RATE_WINDOW_S = 60.0
+WORKER_LIVENESS_SLACK_S = 5.0
+PREDICT_PATHS = {"/predict": "/predict"}
+BATCH_PREDICT_PATH = re.compile(r"^/models/[^/]+/predict$")
+
+
+def worker_liveness_window_s(settings: Settings) -> float:
+    """A worker whose last heartbeat is older than this counts as gone (three missed beats and 5 s, as /workers)."""
+    return 3 * settings.heartbeat_s + WORKER_LIVENESS_SLACK_S
+
+
+class DatabaseCollector(Collector):
+    """Job, queue, worker, epoch, data set and model figures, read from the database at each scrape."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not read the database."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Read the figures and yield them as metric families (database_up 0 when the database cannot be read)."""
+        try:
+            figures = self._read()
+        except Exception:
+            yield GaugeMetricFamily("mlps_database_up", "Whether the last scrape could read the database", value=0)
+            return
+        yield GaugeMetricFamily("mlps_database_up", "Whether the last scrape could read the database", value=1)
+        by_status = GaugeMetricFamily("mlps_jobs", "Jobs by status", labels=["status"])
+        for status in JobStatus:
+            by_status.add_metric([status.value], figures["jobs"].get(status.value, 0))
+        yield by_status
+        yield GaugeMetricFamily("mlps_queue_depth", "Jobs queued, waiting for a worker",
+                                value=figures["jobs"].get(JobStatus.QUEUED.value, 0))
+        yield GaugeMetricFamily("mlps_workers_live", "Workers running now (not stopped, heartbeat within "
+                                f"{worker_liveness_window_s(self.settings):g} s)", value=figures["workers_live"])
+        yield GaugeMetricFamily("mlps_epochs_per_second", f"Epochs recorded per second over the last "
+                                f"{EPOCH_RATE_WINDOW_S:g} s, all jobs", value=figures["epochs_per_second"])
+        yield GaugeMetricFamily("mlps_datasets", "Data sets stored", value=figures["datasets"])
+        yield GaugeMetricFamily("mlps_models", "Trained models stored", value=figures["models"])
+        durations = HistogramMetricFamily("mlps_job_duration_seconds",
+                                          "Finished jobs' run time (finished_at - started_at) by final status",
+                                          labels=["status"])
+        for status in TERMINAL_STATUSES:
+            values = figures["durations"].get(status.value, [])
+            buckets = [(f"{b:g}", sum(1 for v in values if v <= b)) for b in JOB_DURATION_BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            durations.add_metric([status.value], buckets, sum_value=sum(values))
+        yield durations
+
+    def _read(self) -> dict:
+        now = utcnow()
+        alive_since = now - timedelta(seconds=worker_liveness_window_s(self.settings))
+        with self.sessions() as session:
+            jobs = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            workers_live = session.scalar(select(func.count()).select_from(WorkerRow).where(
+                WorkerRow.stopped_at.is_(None), WorkerRow.heartbeat_at >= alive_since))
+            recent_epochs = session.scalar(select(func.count()).select_from(EpochMetric).where(
+                EpochMetric.created_at >= now - timedelta(seconds=EPOCH_RATE_WINDOW_S)))
+            durations: dict[str, list[float]] = {}
+            rows = session.execute(select(Job.status, Job.started_at, Job.finished_at).where(
+                Job.started_at.is_not(None), Job.finished_at.is_not(None)))
+            for status, started, finished in rows:
+                durations.setdefault(str(status), []).append(max(0.0, (finished - started).total_seconds()))
+            datasets = session.scalar(select(func.count()).select_from(Dataset))
+            models = session.scalar(select(func.count()).select_from(Model))
+        return {"jobs": {str(k): int(v) for k, v in jobs.items()}, "workers_live": int(workers_live or 0),
+                "epochs_per_second": int(recent_epochs or 0) / EPOCH_RATE_WINDOW_S, "durations": durations,
+                "datasets": int(datasets or 0), "models": int(models or 0)}
+
+
+def predict_endpoint(path: str) -> str | None:
+    """The route template a request path is timed under, or None when it is not a prediction."""
+    if path in PREDICT_PATHS:
+        return PREDICT_PATHS[path]
+    if BATCH_PREDICT_PATH.match(path):
+        return "/models/{model_id}/predict"
+    return None
+
+
+class PredictLatencyMiddleware:
+    """Observe each POST to /predict or /models/{id}/predict, from request to the last byte of the answer.
+
+    It also holds back the answer's closing message until the endpoint has returned: a streamed answer that fails
+    part-way then ends with a broken connection, which a client notices, rather than with a clean end that an
+    inner middleware would otherwise send.
+    """
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = predict_endpoint(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        closing: Message | None = None
+
+        async def held_send(message: Message) -> None:
+            nonlocal status, closing
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                closing = message
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, held_send)
+            if closing is not None:
+                await send(closing)
+        finally:
+            self.histogram.labels(endpoint=endpoint, status=str(status)).observe(time.perf_counter() - start)
+
+
+def install(app: FastAPI) -> None:
+    """Give the app its own metrics registry (database collector + predict latency) and the timing middleware."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(app.state.sessions, app.state.settings))
+    latency = Histogram("mlps_predict_latency_seconds", "Prediction request latency, to the last byte of the answer",
+                        labelnames=["endpoint", "status"], buckets=PREDICT_LATENCY_BUCKETS, registry=registry)
+    app.state.metrics_registry = registry
+    app.add_middleware(PredictLatencyMiddleware, histogram=latency)
+
+
+@router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, workers, durations, latency",
+            responses={200: {"content": {"text/plain": {}}}})
+async def prometheus_metrics(request: Request) -> Response:
+    """The app's registry in the exposition format the scraper asks for (Prometheus text by default)."""
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    body = await run_in_threadpool(encoder, request.app.state.metrics_registry)
+    return Response(content=body, media_type=content_type)

@@ -1,0 +1,258 @@
+"""POST /models/{id}/predict: score a whole CSV (or Parquet) file, streaming the predictions back as CSV.
+
+The upload streams to a temp file; the file is then read in batches (at most BATCH_ROWS rows), each batch goes
+through the model's fitted preprocessing and the network, and its rows go out at once, so a file of millions of
+rows is never held whole. Before the answer starts, every row is parsed once with the features' types and the
+first batch is scored, so a missing column or a value of the wrong type anywhere is an ordinary 422 problem; the
+answer's X-Row-Count header says how many rows follow.
+"""
+
+import io
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
+from service import predict
+from service.errors import InvalidInput
+from service.predict import ModelCache
+from service.tables import Model
+from service.training import data as D
+from service.training import pipeline as P
+from service.uploads import receive_file
+
+log = logging.getLogger("mlps.api")
+router = APIRouter(tags=["models"])
+
+BATCH_ROWS = 65_536
+CSV_BLOCK_BYTES = 4 << 20
+PREDICTION = "prediction"
+ROW_COUNT_HEADER = "X-Row-Count"
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "CSV, TSV or Parquet with (at least) the model's feature "
+                                                   "columns; the header row names the columns"}},
+        }}},
+    }
+}
+_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
+
+
+def _file_error(message: str, column: str | None = None) -> InvalidInput:
+    error: dict[str, Any] = {"field": "file", "message": message}
+    if column is not None:
+        error["column"] = column
+    return InvalidInput(message, errors=[error])
+
+
+def _arrow_type(kind: str) -> pa.DataType:
+    return {"categorical": pa.string(), "boolean": pa.bool_()}.get(kind, pa.float64())
+
+
+@dataclass
+class Scorer:
+    """A table model's inference over batches: input columns in, input columns plus predictions out."""
+
+    net: Any
+    meta: dict[str, Any]
+
+    @property
+    def features(self) -> list[dict[str, Any]]:
+        """The model's fitted input columns (name, kind, ...)."""
+        return self.meta["preprocessing"]["features"]
+
+    def score(self, batch: pa.RecordBatch) -> pa.Table:
+        """The batch's columns (less any clashing with the outputs) followed by the prediction columns."""
+        table = pa.Table.from_batches([batch])
+        X = P.inputs_from_table(table.select([f["name"] for f in self.features]), self.meta)
+        out = P.predict_inputs(self.net, self.meta, X)
+        added: dict[str, pa.Array] = {}
+        predictions = out["predictions"]
+        target = self.meta["target"]
+        if predictions and isinstance(predictions[0], dict):
+            for name in target["names"]:
+                added[f"{PREDICTION}_{name}"] = pa.array([p[name] for p in predictions], pa.float64())
+        else:
+            added[PREDICTION] = pa.array(predictions)
+        if out.get("probabilities") is not None:
+            labels = [str(label) for label in target["labels"]]
+            matrix = np.array([[row[label] for label in labels] for row in out["probabilities"]], dtype=np.float64)
+            matrix = matrix.reshape(len(predictions), len(labels))
+            for j, label in enumerate(labels):
+                added[f"p_{label}"] = pa.array(matrix[:, j])
+        keep = [name for name in table.column_names if name not in added]
+        return pa.Table.from_arrays([*(table.column(n) for n in keep), *added.values()], names=[*keep, *added])
+
+
+class BatchReader:
+    """Batches of at most BATCH_ROWS rows from a CSV/TSV or Parquet file, with the features' types."""
+
+    def __init__(self, path: Path, features: list[dict[str, Any]]) -> None:
+        self.path = path
+        self.kinds = {f["name"]: f["kind"] for f in features}
+        try:
+            fmt, delimiter = D.sniff_format(path)
+        except D.DataError as exc:
+            raise _file_error(str(exc)) from None
+        if fmt == "npz":
+            raise _file_error("this endpoint scores tables (CSV, TSV or Parquet); for arrays send 'inputs' to "
+                              "POST /predict")
+        self.format = fmt
+        self.names = self._open_parquet() if fmt == "parquet" else self._open_csv(delimiter)
+        missing = [name for name in self.kinds if name not in self.names]
+        if missing:
+            listed = ", ".join(f"'{m}'" for m in missing)
+            raise InvalidInput(f"the file lacks the model's feature column(s) {listed}; its columns are: "
+                               + ", ".join(f"'{n}'" for n in self.names[:50]),
+                               errors=[{"field": "file", "column": m, "message": "column is missing"}
+                                       for m in missing])
+
+    def _open_csv(self, delimiter: str) -> list[str]:
+        # Features get the model's types; every other column passes through as text, so that its type cannot
+        # change from one batch to the next.
+        try:
+            names = pacsv.read_csv(io.BytesIO(self._first_line()),
+                                   parse_options=pacsv.ParseOptions(delimiter=delimiter)).column_names
+        except pa.ArrowInvalid as exc:
+            raise _file_error(f"the header row could not be parsed: {exc}") from None
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise _file_error(f"column name '{dupes[0]}' appears more than once; column names must be unique",
+                              column=dupes[0])
+        types = {name: _arrow_type(self.kinds[name]) if name in self.kinds else pa.string() for name in names}
+        self._csv = (pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES), pacsv.ParseOptions(delimiter=delimiter),
+                     pacsv.ConvertOptions(strings_can_be_null=True, column_types=types))
+        return names
+
+    def _first_line(self) -> bytes:
+        with open(self.path, "rb") as fh:
+            return fh.readline(1 << 20).rstrip(b"\r\n") + b"\n"
+
+    def _open_parquet(self) -> list[str]:
+        try:
+            self._parquet = pq.ParquetFile(self.path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _file_error(f"the file looks like Parquet but could not be read: {exc}") from None
+        return list(self._parquet.schema_arrow.names)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Every batch in file order; conversion errors become InvalidInput naming the column."""
+        source = self._parquet_batches() if self.format == "parquet" else self._csv_batches()
+        while True:
+            try:
+                batch = next(source)
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as exc:
+                raise self._conversion_error(exc) from None
+            for start in range(0, batch.num_rows, BATCH_ROWS):
+                yield batch.slice(start, BATCH_ROWS)
+
+    def _csv_batches(self) -> Iterator[pa.RecordBatch]:
+        read, parse, convert = self._csv
+        yield from pacsv.open_csv(self.path, read_options=read, parse_options=parse, convert_options=convert)
+
+    def _parquet_batches(self) -> Iterator[pa.RecordBatch]:
+        for batch in self._parquet.iter_batches(batch_size=BATCH_ROWS):
+            arrays = []
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                if name in self.kinds:
+                    column = pc.cast(column, _arrow_type(self.kinds[name]))
+                arrays.append(column)
+            yield pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+    def _conversion_error(self, exc: pa.ArrowInvalid) -> InvalidInput:
+        text = str(exc)
+        m = _CONVERSION.search(text)
+        if m and int(m.group(1)) < len(self.names):
+            name = self.names[int(m.group(1))]
+            expects = {"double": "a number", "bool": "true or false"}.get(m.group(2), m.group(2))
+            return _file_error(f"column '{name}' expects {expects}, got {m.group(3)!r}", column=name)
+        if "Expected" in text and "columns" in text:
+            return _file_error("ragged rows: " + text.replace("CSV parse error: ", "")
+                               + "; every row needs as many fields as the header")
+        return _file_error(f"the file could not be read: {text}")
+
+
+def _encode(table: pa.Table, header: bool) -> bytes:
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=header))
+    return buf.getvalue()
+
+
+def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, Iterator[bytes]]:
+    """Check the whole file against the model and score its first batch; (rows, the answer's body)."""
+    net, meta = cache.get(model.id)
+    if meta["preprocessing"].get("kind") == "array":
+        raise _file_error("this model was trained on arrays (.npz); send 'inputs' to POST /predict instead")
+    scorer = Scorer(net=net, meta=meta)
+    reader = BatchReader(path, scorer.features)
+    # A first pass parses every row with the features' types (cheap next to inference), so that a bad value
+    # anywhere in the file is a 422 here rather than a stream cut off part-way.
+    n_rows = sum(batch.num_rows for batch in reader.batches())
+    if n_rows == 0:
+        raise _file_error("the file has a header but no data rows")
+    batches = (batch for batch in reader.batches() if batch.num_rows)
+    try:
+        head = _encode(scorer.score(next(batches)), header=True)
+    except D.DataError as exc:
+        raise _file_error(str(exc), column=exc.column) from None
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield head
+            for batch in batches:
+                yield _encode(scorer.score(batch), header=False)
+        except Exception:
+            log.exception("batch scoring with model %s stopped part-way through the file", model.id)
+            raise
+        finally:
+            path.unlink(missing_ok=True)
+
+    return n_rows, body()
+
+
+@router.post("/models/{model_id}/predict", openapi_extra=UPLOAD_BODY, response_class=StreamingResponse,
+             summary="Score a CSV or Parquet file (multipart field 'file'); answers CSV with predictions",
+             responses={200: {"content": {"text/csv": {}},
+                              "description": "The input columns, then 'prediction' and, for classifiers, "
+                                             "'p_<label>' per class"}})
+async def score_file(model_id: str, request: Request):
+    """Receive a file, check it against the model, and stream its rows back with predictions as CSV."""
+    state = request.app.state
+
+    def lookup() -> Model:
+        with state.sessions() as session:
+            return predict.get(session=session, model_id=model_id)
+
+    model = await run_in_threadpool(lookup)
+    state.storage.ensure()
+    upload_path = state.storage.temp_path(".score")
+    try:
+        await receive_file(request, upload_path, max_bytes=state.settings.max_upload_bytes)
+        n_rows, body = await run_in_threadpool(prepare_scoring, state.model_cache, model, upload_path)
+    except BaseException:
+        upload_path.unlink(missing_ok=True)
+        raise
+    filename = f"predictions-{model.id}.csv"
+    return StreamingResponse(body, media_type="text/csv",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                                      ROW_COUNT_HEADER: str(n_rows)},
+                             background=BackgroundTask(upload_path.unlink, missing_ok=True))

@@ -1,0 +1,36 @@
+"""/workers"""
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from service import fleet
+from service.api.deps import SessionDep, SettingsDep
+
+router = APIRouter(tags=["workers"])
+
+
+class WorkerRead(BaseModel):
+    id: str
+    host: str
+    pid: int
+    devices: list[dict[str, Any]]
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+    running_jobs: list[str]
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerRead]
+
+
+@router.get("/workers", response_model=WorkerList, summary="Live workers, their devices and running jobs")
+def list_workers(session: SessionDep, settings: SettingsDep,
+                 include_stopped: bool = Query(default=False, description="Also list stopped or silent workers")):
+    items = fleet.list_workers(session=session, stale_after_s=3 * settings.heartbeat_s + 5,
+                               include_stopped=include_stopped)
+    return WorkerList(items=items)

@@ -1,0 +1,534 @@
+"""A typed Python client for the MLP Service's HTTP API (httpx, synchronous).
+
+    from service.client import Client
+
+    with Client() as mlps:                      # MLPS_URL, default http://127.0.0.1:8000
+        ds = mlps.upload_dataset("iris.csv")
+        job = mlps.submit_job({"dataset_id": ds["id"], "target": "species"})
+        job = mlps.wait(job["id"])
+        mlps.predict(job["model_id"], records=[{"sepal_length": 5.1, ...}])
+
+Every error the server answers becomes an ApiError carrying the server's problem details. This module
+imports nothing heavier than httpx, so scripts that use it start fast.
+"""
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, NotRequired, TypedDict
+
+import httpx
+
+from service import __version__
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+# Reads on the event stream: the server sends a keep-alive comment every 15 s, so silence this long means a
+# stalled connection, which is then re-opened.
+EVENT_READ_TIMEOUT_S = 40.0
+# Uploads and batch scoring: the server parses or scores the whole file before (or while) answering.
+LONG_READ_TIMEOUT_S = 600.0
+MAX_RECONNECTS = 8
+
+
+# ---------------------------------------------------------------- response shapes
+
+
+class Page(TypedDict):
+    items: list[Any]
+    total: int
+    limit: int
+    offset: int
+
+
+class Column(TypedDict):
+    name: str
+    kind: str
+    dtype: str
+    n_missing: int
+    n_unique: int
+    stats: dict[str, Any]
+    shape: NotRequired[list[int] | None]
+
+
+class Dataset(TypedDict):
+    id: str
+    name: str
+    format: str
+    n_rows: int
+    n_columns: int
+    columns: list[Column]
+    size_bytes: int
+    sha256: str
+    created_at: str
+
+
+class DatasetPreview(TypedDict):
+    dataset_id: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+class Progress(TypedDict):
+    epoch: int
+    epochs: int
+
+
+class Job(TypedDict):
+    id: str
+    status: str
+    dataset_id: str | None
+    task: str
+    spec: dict[str, Any]
+    progress: Progress
+    latest_metrics: dict[str, Any] | None
+    device_request: str
+    device: str | None
+    attempts: int
+    cancel_requested: bool
+    waiting_for: str | None
+    error: str | None
+    result: dict[str, Any] | None
+    model_id: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+
+
+class EpochMetrics(TypedDict):
+    epoch: int
+    metrics: dict[str, Any]
+
+
+class JobMetrics(TypedDict):
+    job_id: str
+    task: str
+    epochs: list[EpochMetrics]
+    test: dict[str, Any] | None
+    confusion_matrix: dict[str, Any] | None
+
+
+class Model(TypedDict):
+    id: str
+    job_id: str | None
+    dataset_id: str | None
+    model_type: str
+    task: str
+    target: str | None
+    features: list[dict[str, Any]]
+    labels: list[Any] | None
+    metrics: dict[str, Any]
+    size_bytes: int
+    created_at: str
+
+
+class Prediction(TypedDict):
+    model_id: str
+    predictions: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+class Embedding(TypedDict):
+    model_id: str
+    embeddings: list[list[float]]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One event of a job's progress: a status change (data: the job) or an epoch (data: its metrics)."""
+
+    kind: Literal["status", "epoch"]
+    data: dict[str, Any]
+    id: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether this is the job's final status event."""
+        return self.kind == "status" and self.data.get("status") in TERMINAL_STATUSES
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ClientError(Exception):
+    """Base of the errors this client raises."""
+
+
+class ServerUnreachable(ClientError):
+    """No HTTP answer at all: the server is down, the URL is wrong, or the connection broke."""
+
+
+@dataclass(eq=False)
+class ApiError(ClientError):
+    """The server answered with an error (RFC 9457 problem details)."""
+
+    status: int
+    title: str
+    detail: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    type: str | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.title}: {self.detail}"
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "ApiError":
+        """Build from an error response, whether it holds problem JSON or not."""
+        try:
+            body = response.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            text = response.text.strip()[:500] if response.content else ""
+            return cls(status=response.status_code, title=response.reason_phrase or "HTTP error",
+                       detail=text or f"HTTP {response.status_code} from {response.request.url}")
+        errors = body.get("errors") if isinstance(body.get("errors"), list) else []
+        return cls(status=int(body.get("status") or response.status_code),
+                   title=str(body.get("title") or response.reason_phrase or "HTTP error"),
+                   detail=str(body.get("detail") or ""), errors=errors, type=body.get("type"),
+                   request_id=body.get("request_id") or response.headers.get("x-request-id"))
+
+
+class _EventsUnavailable(Exception):
+    """The server has no event stream for jobs: wait() polls instead."""
+
+
+# ---------------------------------------------------------------- server-sent events
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
+    """(event, data, id) for each event in a text/event-stream; comments and retry fields are skipped."""
+    event, data, event_id = "message", [], None
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, "\n".join(data), event_id
+            event, data, event_id = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
+    if data:
+        yield event, "\n".join(data), event_id
+
+
+# ---------------------------------------------------------------- the client
+
+
+class Client:
+    """The MLP Service over HTTP; every method is one endpoint (wait() follows a job to its end)."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = (base_url or os.environ.get("MLPS_URL") or DEFAULT_URL).rstrip("/")
+        self.timeout = timeout
+        key = api_key if api_key is not None else os.environ.get("MLPS_API_KEY")
+        headers = {"user-agent": f"mlps-client/{__version__}", "accept": "application/json"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.base_url!r})"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers sent with every request (user agent, accept and, with an API key, authorization)."""
+        return dict(self._http.headers)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _unreachable(self, exc: httpx.TransportError) -> ServerUnreachable:
+        return ServerUnreachable(f"cannot reach the MLP Service at {self.base_url} ({type(exc).__name__}: "
+                                 f"{exc}); is it running? Set MLPS_URL or pass --url")
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.is_error:
+            raise ApiError.from_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _long_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, read=max(self.timeout, LONG_READ_TIMEOUT_S))
+
+    # ------------------------------------------------------------ system
+
+    def health(self) -> dict[str, Any]:
+        """GET /healthz: the process answers."""
+        return self._json("GET", "/healthz")
+
+    def ready(self) -> bool:
+        """GET /readyz: whether the database is reachable and migrated."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def workers(self, include_stopped: bool = False) -> dict[str, Any]:
+        """GET /workers: live workers (with include_stopped, stopped or silent ones too), devices, running jobs."""
+        return self._json("GET", "/workers", params={"include_stopped": include_stopped})
+
+    def server_metrics(self) -> str:
+        """GET /metrics: the Prometheus text exposition."""
+        return self._request("GET", "/metrics", headers={"accept": "text/plain"}).text
+
+    # ------------------------------------------------------------ datasets
+
+    def upload_dataset(self, path: str | Path, name: str | None = None) -> Dataset:
+        """POST /datasets: upload a CSV, TSV, Parquet or .npz file (streamed from disk)."""
+        path = Path(path)
+        with path.open("rb") as fh:
+            return self._json("POST", "/datasets", files={"file": (path.name, fh, "application/octet-stream")},
+                              data={"name": name} if name else None, timeout=self._long_timeout())
+
+    def datasets(self, limit: int = 50, offset: int = 0) -> Page:
+        """GET /datasets: a page of data sets, newest first."""
+        return self._json("GET", "/datasets", params={"limit": limit, "offset": offset})
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        """GET /datasets/{id}: one data set and its column schema."""
+        return self._json("GET", f"/datasets/{dataset_id}")
+
+    def preview(self, dataset_id: str, limit: int = 20) -> DatasetPreview:
+        """GET /datasets/{id}/preview: the first rows."""
+        return self._json("GET", f"/datasets/{dataset_id}/preview", params={"limit": limit})
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """DELETE /datasets/{id} (409 while a queued or running job uses it)."""
+        self._request("DELETE", f"/datasets/{dataset_id}")
+
+    # ------------------------------------------------------------ jobs
+
+    def submit_job(self, spec: dict[str, Any]) -> Job:
+        """POST /jobs: enqueue a training job; answers the queued job."""
+        return self._json("POST", "/jobs", json=spec)
+
+    def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0,
+             dataset_id: str | None = None) -> Page:
+        """GET /jobs: a page of jobs, newest first, optionally filtered by status or data set."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        if dataset_id:
+            params["dataset_id"] = dataset_id
+        return self._json("GET", "/jobs", params=params)
+
+    def job(self, job_id: str) -> Job:
+        """GET /jobs/{id}: status, progress, latest metrics, result."""
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def metrics(self, job_id: str) -> JobMetrics:
+        """GET /jobs/{id}/metrics: every epoch's metrics (and the confusion matrix once finished)."""
+        return self._json("GET", f"/jobs/{job_id}/metrics")
+
+    def cancel(self, job_id: str) -> Job:
+        """POST /jobs/{id}/cancel: cancel a queued or running job (409 if it already finished)."""
+        return self._json("POST", f"/jobs/{job_id}/cancel")
+
+    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """GET /jobs/{id}/events: the job's live events on one connection, until its final status."""
+        try:
+            yield from self._event_stream(job_id, last_event_id, EVENT_READ_TIMEOUT_S)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def _event_stream(self, job_id: str, last_event_id: str | None, read_timeout: float) -> Iterator[JobEvent]:
+        """One connection to the event stream; httpx's transport errors (ReadTimeout included) pass through."""
+        headers = {"accept": "text/event-stream"}
+        if last_event_id:
+            headers["last-event-id"] = last_event_id
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        with self._http.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
+            if response.status_code in (404, 405, 501) and not _mentions(response, job_id):
+                raise _EventsUnavailable()
+            if response.is_error:
+                response.read()
+                raise ApiError.from_response(response)
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                raise _EventsUnavailable()
+            for kind, data, event_id in parse_sse(response.iter_lines()):
+                if kind in ("status", "epoch"):
+                    yield JobEvent(kind=kind, data=json.loads(data), id=event_id)
+
+    def wait(self, job_id: str, timeout: float | None = None,
+             on_update: Callable[[JobEvent], None] | None = None, *, stream: bool = True,
+             poll_interval: float = 0.5) -> Job:
+        """Follow a job until it succeeds, fails or is cancelled; answers the final job.
+
+        Uses the live event stream (re-connecting with Last-Event-ID, so no event is lost or repeated) and falls
+        back to polling every `poll_interval` seconds on a server without one (or with stream=False).
+        `on_update` sees every event; raises TimeoutError after `timeout` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        status = self.job(job_id)["status"]  # an unknown job is an ApiError (404) at once
+        if not stream:
+            return self._poll(job_id, deadline, on_update, poll_interval)
+        last_event_id: str | None = None
+        failures = 0
+        while True:
+            # Reads wait at most until the deadline: keep-alive comments alone must not keep wait() waiting.
+            read_timeout = EVENT_READ_TIMEOUT_S if deadline is None else \
+                max(0.05, min(EVENT_READ_TIMEOUT_S, deadline - time.monotonic()))
+            try:
+                for event in self._event_stream(job_id, last_event_id, read_timeout):
+                    last_event_id = event.id or last_event_id
+                    failures = 0
+                    status = event.data["status"] if event.kind == "status" else status
+                    if on_update is not None:
+                        on_update(event)
+                    if event.is_terminal:
+                        return self.job(job_id)
+                    _check_deadline(deadline, job_id, status)
+            except _EventsUnavailable:
+                return self._poll(job_id, deadline, on_update, poll_interval)
+            except httpx.ReadTimeout:
+                _check_deadline(deadline, job_id, status)  # else: a stalled connection, opened again below
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > MAX_RECONNECTS:
+                    raise self._unreachable(exc) from None
+            else:
+                # The stream ended without a final status: the server restarted, or the final event was
+                # already delivered on an earlier connection.
+                job = self.job(job_id)
+                if job["status"] in TERMINAL_STATUSES:
+                    return job
+                failures += 1
+            _check_deadline(deadline, job_id, status)
+            if failures:
+                time.sleep(min(0.1 * 2 ** failures, 2.0))
+
+    def _poll(self, job_id: str, deadline: float | None, on_update: Callable[[JobEvent], None] | None,
+              poll_interval: float) -> Job:
+        """wait() without an event stream: GET the job (and new epochs' metrics) every poll_interval."""
+        status, epochs_seen = None, 0
+        while True:
+            job = self.job(job_id)
+            if on_update is not None and job["progress"]["epoch"] > epochs_seen:
+                for row in self.metrics(job_id)["epochs"]:
+                    if row["epoch"] > epochs_seen:
+                        on_update(JobEvent(kind="epoch", data={"job_id": job_id, "epoch": row["epoch"],
+                                                               "epochs": job["progress"]["epochs"],
+                                                               "metrics": row["metrics"]}))
+                        epochs_seen = row["epoch"]
+            if job["status"] != status:
+                status = job["status"]
+                if on_update is not None:
+                    on_update(JobEvent(kind="status", data=dict(job)))
+            if status in TERMINAL_STATUSES:
+                return job
+            _check_deadline(deadline, job_id, status)
+            time.sleep(poll_interval)
+
+    # ------------------------------------------------------------ models and predictions
+
+    def models(self, limit: int = 50, offset: int = 0) -> Page:
+        """GET /models: a page of trained models, newest first."""
+        return self._json("GET", "/models", params={"limit": limit, "offset": offset})
+
+    def model(self, model_id: str) -> Model:
+        """GET /models/{id}: task, feature schema, labels and metrics."""
+        return self._json("GET", f"/models/{model_id}")
+
+    def predict(self, model_id: str, records: list[dict[str, Any]] | None = None,
+                inputs: list[Any] | None = None) -> Prediction:
+        """POST /predict: records keyed by column name, or `inputs` (nested arrays) for array models."""
+        body: dict[str, Any] = {"model_id": model_id}
+        if records is not None:
+            body["records"] = records
+        if inputs is not None:
+            body["inputs"] = inputs
+        return self._json("POST", "/predict", json=body)
+
+    def embed(self, model_id: str, records: list[dict[str, Any]] | None = None,
+              inputs: list[Any] | None = None) -> Embedding:
+        """POST /models/{id}/embed: an autoencoder's bottleneck codes."""
+        body: dict[str, Any] = {}
+        if records is not None:
+            body["records"] = records
+        if inputs is not None:
+            body["inputs"] = inputs
+        return self._json("POST", f"/models/{model_id}/embed", json=body)
+
+    def predict_csv(self, model_id: str, in_path: str | Path, out_path: str | Path | IO[bytes]) -> int | None:
+        """POST /models/{id}/predict: score a CSV (or Parquet) file, streaming the predictions CSV to out_path.
+
+        Answers the number of rows scored (the server's X-Row-Count header).
+        """
+        in_path = Path(in_path)
+        with in_path.open("rb") as fh:
+            try:
+                with self._http.stream("POST", f"/models/{model_id}/predict",
+                                       files={"file": (in_path.name, fh, "text/csv")},
+                                       headers={"accept": "text/csv"}, timeout=self._long_timeout()) as response:
+                    if response.is_error:
+                        response.read()
+                        raise ApiError.from_response(response)
+                    _save_stream(response, out_path)
+                    rows = response.headers.get("x-row-count")
+                    return int(rows) if rows and rows.isdigit() else None
+            except httpx.RemoteProtocolError as exc:
+                raise ClientError(f"the server stopped the prediction stream part-way ({exc}); a row further "
+                                  "down the file may not fit the model: see the server log") from None
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from None
+
+
+def _mentions(response: httpx.Response, job_id: str) -> bool:
+    """Whether an error response is about this job (as opposed to a route the server does not have)."""
+    response.read()
+    return job_id in response.text
+
+
+def _check_deadline(deadline: float | None, job_id: str, status: str | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError(f"job {job_id} has not finished in time" + (f" (still {status})" if status else ""))
+
+
+def _save_stream(response: httpx.Response, out: str | Path | IO[bytes]) -> None:
+    """Write a streamed body to a path (atomically, via a .part file) or to an open binary file."""
+    if not isinstance(out, (str, Path)):
+        for chunk in response.iter_bytes():
+            out.write(chunk)
+        out.flush()
+        return
+    out = Path(out)
+    part = out.with_name(out.name + ".part")
+    try:
+        with part.open("wb") as fh:
+            for chunk in response.iter_bytes():
+                fh.write(chunk)
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)

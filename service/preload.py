@@ -1,0 +1,30 @@
+"""Imported once by the worker's fork server, so that every job's process starts with torch ready.
+
+The first optimizer pulls in torch's compiler stack lazily (seconds) and the first forward/backward
+pass initialises kernels and thread pools; doing both here, before any fork, means no job pays for them.
+"""
+
+import numpy as np
+import torch
+
+import service.runner  # noqa: F401
+from service.training.loop import TrainConfig, TrainData, train
+from service.training.nets import NetSpec
+
+# torch's default intra-op thread count, which each job's process restores (see runner.run_job).
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def _warm_up() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 3)).astype(np.float32)
+    for task, y, n_classes in (("classification", np.arange(8) % 3, 3), ("classification", np.arange(8) % 2, 2),
+                               ("regression", rng.normal(size=8).astype(np.float32), 0)):
+        data = TrainData(task=task, X_train=X, y_train=y, X_val=X[:4], y_val=y[:4], n_classes=n_classes)
+        train(data, NetSpec(hidden_layers=(4,)), TrainConfig(epochs=1, batch_size=4))
+
+
+# One thread while warming: an OpenMP thread pool created here would not survive the fork (the child would
+# hang on its first parallel kernel), so the pool is only ever created inside each job's process.
+torch.set_num_threads(1)
+_warm_up()

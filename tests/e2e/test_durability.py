@@ -1,0 +1,119 @@
+"""No job lost, none run twice: real API and worker processes on SQLite and on PostgreSQL."""
+
+import httpx
+import pytest
+
+from tests.conftest import dataset_path
+from tests.e2e.conftest import Stack, free_port
+from tests.helpers import wait_for
+
+BOTH_DATABASES = True
+TERMINAL = {"succeeded", "failed", "cancelled"}
+# Short leases so that a lost worker's job is reclaimed within seconds.
+FAST = {"MLPS_LEASE_S": "2", "MLPS_REAP_EVERY_S": "0.5", "MLPS_CANCEL_GRACE_S": "2"}
+
+
+@pytest.fixture
+def stack(tmp_path, database):
+    s = Stack(tmp_path / "var", database_url=database, env=FAST)
+    s.run("migrate")
+    s.port = free_port()
+    s.start("api", "api", "--port", str(s.port))
+    s.wait_ready(f"http://127.0.0.1:{s.port}")
+    s.http = httpx.Client(base_url=f"http://127.0.0.1:{s.port}", timeout=30)
+    yield s
+    s.http.close()
+    s.stop_all()
+
+
+def upload(http, name):
+    with dataset_path(name).open("rb") as fh:
+        return http.post("/datasets", files={"file": (name, fh)}).json()
+
+
+def job(http, job_id):
+    return http.get(f"/jobs/{job_id}").json()
+
+
+def wait_status(http, job_id, statuses, timeout=180):
+    return wait_for(lambda: (j := job(http, job_id))["status"] in statuses and j, timeout=timeout, interval=0.1,
+                    what=f"job {job_id} to reach {statuses}")
+
+
+def epochs_recorded(http, job_id):
+    return [e["epoch"] for e in http.get(f"/jobs/{job_id}/metrics").json()["epochs"]]
+
+
+LONG = {"target": "diagnosis", "training": {"epochs": 120, "batch_size": 8, "early_stopping_patience": 0}}
+
+
+def test_three_workers_sixty_jobs_each_run_exactly_once(stack):
+    for i in range(3):
+        stack.start(f"w{i}", "worker", "--devices", "cpu")
+    ds = upload(stack.http, "iris.csv")
+    ids = [stack.http.post("/jobs", json={"dataset_id": ds["id"], "target": "species",
+                                          "training": {"epochs": 2, "seed": i}}).json()["id"] for i in range(60)]
+    done = [wait_status(stack.http, i, TERMINAL) for i in ids]
+    assert [j["status"] for j in done] == ["succeeded"] * 60
+    assert all(j["attempts"] == 1 for j in done)
+    assert all(epochs_recorded(stack.http, i) == [1, 2] for i in ids)
+    models = stack.http.get("/models", params={"limit": 500}).json()
+    assert sorted(m["job_id"] for m in models["items"]) == sorted(ids)
+    workers = {j["id"]: j for j in stack.http.get("/workers").json()["items"]}
+    assert len(workers) == 3 and all(w["alive"] for w in workers.values())
+
+
+def test_killed_worker_job_resumes_from_its_checkpoint(stack):
+    stack.start("a", "worker", "--devices", "cpu")
+    ds = upload(stack.http, "breast_cancer.csv")
+    job_id = stack.http.post("/jobs", json={"dataset_id": ds["id"], **LONG}).json()["id"]
+    wait_for(lambda: job(stack.http, job_id)["progress"]["epoch"] >= 15, timeout=120, what="15 epochs")
+    stack.kill("a")  # kill -9: no goodbye, its training process dies with it
+    killed_at = job(stack.http, job_id)["progress"]["epoch"]
+    stack.start("b", "worker", "--devices", "cpu")
+    final = wait_status(stack.http, job_id, TERMINAL)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["attempts"] == 2
+    assert final["result"]["resumed_from_epoch"] >= killed_at - 1 >= 14  # not from epoch 0
+    assert epochs_recorded(stack.http, job_id) == list(range(1, 121))  # one row per epoch, none repeated
+
+
+def test_sigterm_hands_running_jobs_back_and_exits(stack):
+    stack.start("a", "worker", "--devices", "cpu")
+    ds = upload(stack.http, "breast_cancer.csv")
+    job_id = stack.http.post("/jobs", json={"dataset_id": ds["id"], **LONG}).json()["id"]
+    wait_for(lambda: job(stack.http, job_id)["progress"]["epoch"] >= 10, timeout=120, what="10 epochs")
+    assert stack.stop("a", timeout=20) == 0
+    back = job(stack.http, job_id)
+    assert back["status"] == "queued" and back["attempts"] == 0  # handed back without counting the attempt
+    stack.start("b", "worker", "--devices", "cpu")
+    final = wait_status(stack.http, job_id, TERMINAL)
+    assert final["status"] == "succeeded" and final["attempts"] == 1
+    assert final["result"]["resumed_from_epoch"] >= 9
+    assert epochs_recorded(stack.http, job_id) == list(range(1, 121))
+
+
+def test_time_limit_fails_the_job_without_retry(stack):
+    stack.start("a", "worker", "--devices", "cpu")
+    ds = upload(stack.http, "breast_cancer.csv")
+    spec = {"dataset_id": ds["id"], **LONG, "max_runtime_s": 1}
+    spec["training"] = {**LONG["training"], "epochs": 100000}
+    job_id = stack.http.post("/jobs", json=spec).json()["id"]
+    final = wait_status(stack.http, job_id, TERMINAL, timeout=60)
+    assert final["status"] == "failed" and final["attempts"] == 1
+    assert "exceeded its time limit (max_runtime_s=1)" in final["error"]
+
+
+def test_api_restart_loses_nothing(stack):
+    stack.start("w", "worker", "--devices", "cpu")
+    ds = upload(stack.http, "iris.csv")
+    ids = [stack.http.post("/jobs", json={"dataset_id": ds["id"], "target": "species",
+                                          "training": {"epochs": 40, "early_stopping_patience": 0}}).json()["id"]
+           for _ in range(4)]
+    wait_for(lambda: job(stack.http, ids[0])["status"] == "running", what="the first job to run")
+    stack.stop("api")
+    stack.start("api", "api", "--port", str(stack.port))
+    stack.wait_ready(f"http://127.0.0.1:{stack.port}")
+    done = [wait_status(stack.http, i, TERMINAL) for i in ids]
+    assert [j["status"] for j in done] == ["succeeded"] * 4
+    assert all(epochs_recorded(stack.http, i) == list(range(1, 41)) for i in ids)

@@ -1,0 +1,217 @@
+"""The `mlps` client commands (datasets, jobs, models, predict) through Typer's CliRunner, against a real server."""
+
+import csv
+import json
+
+import pytest
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from service.cli import app
+from tests.conftest import dataset_path
+from tests.e2e.conftest import free_port
+from tests.live import IRIS_RECORDS, iris_job, live_url  # noqa: F401 (fixtures)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def mlps(live_url):  # noqa: F811
+    """Run `mlps ARGS...` in-process with MLPS_URL pointing at the live server; answers the click Result."""
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None):
+        return runner.invoke(app, list(args), env={"MLPS_URL": live_url, "COLUMNS": "200", **(env or {})})
+
+    return invoke
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_datasets_upload_list_show_preview_delete(mlps):
+    upload = mlps("datasets", "upload", str(dataset_path("iris.csv")), "--name", "flowers")
+    assert upload.exit_code == 0, upload.output
+    assert "flowers): 150 rows × 5 columns" in upload.stdout and "species" in upload.stdout
+    ds_id = upload.stdout.split()[1]
+    assert ds_id.startswith("ds_")
+    listed = mlps("datasets", "list", "--limit", "500")
+    assert listed.exit_code == 0 and ds_id in listed.stdout
+    assert ds_id in [d["id"] for d in _json(mlps("datasets", "list", "--json", "--limit", "500"))["items"]]
+    show = mlps("datasets", "show", ds_id)
+    assert show.exit_code == 0 and "petal_width" in show.stdout and "numeric" in show.stdout
+    assert _json(mlps("datasets", "show", ds_id, "--json"))["n_rows"] == 150
+    preview = _json(mlps("datasets", "preview", ds_id, "--limit", "2", "--json"))
+    assert len(preview["rows"]) == 2 and preview["rows"][0]["species"] == "Iris-setosa"
+    assert "Iris-setosa" in mlps("datasets", "preview", ds_id, "--limit", "2").stdout
+    deleted = mlps("datasets", "delete", ds_id)
+    assert deleted.exit_code == 0 and f"deleted {ds_id}" in deleted.stdout
+    gone = mlps("datasets", "show", ds_id)
+    assert gone.exit_code == 1 and f"no data set with id '{ds_id}'" in " ".join(gone.stderr.split())
+
+
+def test_jobs_submit_with_a_yaml_spec_and_overrides_then_wait(mlps, iris_job, tmp_path):  # noqa: F811
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("target: species\nmodel:\n  hidden_layers: [16, 8]\ntraining:\n  epochs: 200\n"
+                    "  learning_rate: 0.01\n")
+    result = mlps("jobs", "submit", "--dataset", iris_job["dataset_id"], "--spec", str(spec),
+                  "--set", "training.epochs=6", "--set", "training.optimizer=adamw", "--set", "model.dropout=0.0",
+                  "--wait", "--timeout", "120", "--json")
+    job = _json(result)
+    assert job["status"] == "succeeded" and job["model_id"]
+    assert job["spec"]["model"]["hidden_layers"] == [16, 8]
+    assert job["spec"]["training"]["epochs"] == 6 and job["spec"]["training"]["optimizer"] == "adamw"
+    assert job["spec"]["training"]["learning_rate"] == 0.01 and job["spec"]["model"]["dropout"] == 0.0
+    assert "epoch 6/6" in result.stderr or f"epoch {job['progress']['epoch']}/" in result.stderr
+
+
+def test_jobs_submit_from_a_json_spec_prints_the_job(mlps, iris_job, tmp_path):  # noqa: F811
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"dataset_id": iris_job["dataset_id"], "target": "species",
+                                "training": {"epochs": 3}}))
+    result = mlps("jobs", "submit", "--spec", str(spec))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("submitted job_") and "3 epochs at most" in result.stdout
+    job_id = result.stdout.split()[1]
+    waited = mlps("jobs", "wait", job_id, "--timeout", "120")
+    assert waited.exit_code == 0, waited.output
+    assert f"✓ {job_id} succeeded" in waited.stdout and "model mdl_" in waited.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "training.epochs"], "is not KEY=VALUE"),
+    (["--set", "target.name=x", "--target", "species"], "'target' is \"species\", not an object"),
+    ([], "say which data set to train on"),
+])
+def test_jobs_submit_rejects_bad_options_with_exit_status_2(mlps, args, message):
+    result = mlps("jobs", "submit", *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.replace("│", " ").split())
+
+
+def test_jobs_submit_shows_the_servers_error_and_exits_1(mlps, iris_job):  # noqa: F811
+    result = mlps("jobs", "submit", "--dataset", iris_job["dataset_id"], "--target", "colour")
+    assert result.exit_code == 1
+    err = " ".join(result.stderr.split())
+    assert "target column 'colour' is not in data set" in err and "(422 Invalid input)" in err
+
+
+def test_jobs_list_show_and_metrics(mlps, iris_job):  # noqa: F811
+    job_id = iris_job["id"]
+    listed = mlps("jobs", "list", "--status", "succeeded", "--limit", "500")
+    assert listed.exit_code == 0 and job_id in listed.stdout and "succeeded" in listed.stdout
+    assert job_id in [j["id"] for j in _json(mlps("jobs", "list", "--json", "--limit", "500"))["items"]]
+    show = mlps("jobs", "show", job_id)
+    assert show.exit_code == 0 and iris_job["model_id"] in show.stdout and "classification" in show.stdout
+    assert _json(mlps("jobs", "show", job_id, "--json"))["id"] == job_id
+    metrics = mlps("jobs", "metrics", job_id)
+    assert metrics.exit_code == 0, metrics.output
+    assert "val_accuracy" in metrics.stdout and "confusion matrix" in metrics.stdout
+    assert "val_f1_macro" not in metrics.stdout
+    assert "val_f1_macro" in mlps("jobs", "metrics", job_id, "--all", env={"COLUMNS": "400"}).stdout
+    as_json = _json(mlps("jobs", "metrics", job_id, "--json"))
+    assert len(as_json["epochs"]) == iris_job["progress"]["epoch"]
+    last = mlps("jobs", "metrics", job_id, "--last", "2").stdout
+    assert f"{len(as_json['epochs'])} epochs" in last
+
+
+def test_jobs_plot_writes_a_png_with_curves_and_confusion_matrix(mlps, iris_job, tmp_path):  # noqa: F811
+    out = tmp_path / "curves.png"
+    result = mlps("jobs", "plot", iris_job["id"], "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in " ".join(result.stdout.split())
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    height, width, channels = imread(out).shape
+    assert (height, width) == (400, 1500) and channels in (3, 4)  # three panels of 5 × 4 inches at 100 dpi
+
+
+def test_jobs_cancel_wait_exits_1_and_plot_refuses_an_empty_job(mlps, iris_job, tmp_path):  # noqa: F811
+    submitted = _json(mlps("jobs", "submit", "--dataset", iris_job["dataset_id"], "--target", "species",
+                           "--set", "device=\"cuda:7\"", "--json"))  # no worker has cuda:7: it stays queued
+    cancel = mlps("jobs", "cancel", submitted["id"])
+    assert cancel.exit_code == 0 and f"cancelled {submitted['id']}" in cancel.stdout
+    waited = mlps("jobs", "wait", submitted["id"], "--timeout", "60")
+    assert waited.exit_code == 1
+    assert f"{submitted['id']} cancelled" in waited.stdout and "cancelled by request" in waited.stdout
+    plot = mlps("jobs", "plot", submitted["id"], "-o", str(tmp_path / "none.png"))
+    assert plot.exit_code == 1 and "no epoch metrics yet" in plot.stderr
+    again = mlps("jobs", "cancel", submitted["id"])
+    assert again.exit_code == 1 and "409" in again.stderr
+
+
+def test_jobs_wait_times_out_with_exit_1(mlps, iris_job):  # noqa: F811
+    job = _json(mlps("jobs", "submit", "--dataset", iris_job["dataset_id"], "--target", "species",
+                     "--set", "device=cuda:7", "--json"))
+    try:
+        result = mlps("jobs", "wait", job["id"], "--timeout", "0.5")
+        assert result.exit_code == 1 and "has not finished in time (still queued)" in result.stderr
+    finally:
+        mlps("jobs", "cancel", job["id"])
+
+
+def test_models_list_and_show(mlps, iris_job):  # noqa: F811
+    model_id = iris_job["model_id"]
+    listed = mlps("models", "list", "--limit", "500")
+    assert listed.exit_code == 0 and model_id in listed.stdout
+    assert model_id in [m["id"] for m in _json(mlps("models", "list", "--json", "--limit", "500"))["items"]]
+    show = mlps("models", "show", model_id)
+    assert show.exit_code == 0 and "Iris-versicolor" in show.stdout and "sepal_length" in show.stdout
+    assert _json(mlps("models", "show", model_id, "--json"))["job_id"] == iris_job["id"]
+
+
+def test_predict_json_records_to_json_and_csv(mlps, iris_job, tmp_path):  # noqa: F811
+    records = tmp_path / "flowers.json"
+    records.write_text(json.dumps(IRIS_RECORDS))
+    answer = _json(mlps("predict", iris_job["model_id"], "--input", str(records)))
+    assert len(answer["predictions"]) == 2 and answer["model_id"] == iris_job["model_id"]
+    out = tmp_path / "flowers.csv"
+    result = mlps("predict", iris_job["model_id"], "--input", str(records), "--format", "csv", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["prediction"] for r in rows] == answer["predictions"]
+    assert float(rows[0]["sepal_length"]) == 5.1 and "p_Iris-virginica" in rows[0]
+
+
+def test_predict_a_csv_file_streams_csv_or_json(mlps, iris_job, tmp_path):  # noqa: F811
+    out = tmp_path / "scored.csv"
+    result = mlps("predict", iris_job["model_id"], "-i", str(dataset_path("iris.csv")), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"wrote 150 predictions to {out}" in " ".join(result.stderr.split())
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 150 and {"species", "prediction", "p_Iris-setosa"} <= set(rows[0])
+    to_stdout = mlps("predict", iris_job["model_id"], "-i", str(dataset_path("iris.csv")))
+    assert to_stdout.exit_code == 0 and to_stdout.stdout.startswith('"sepal_length"')
+    assert len(to_stdout.stdout.splitlines()) == 151
+    answer = _json(mlps("predict", iris_job["model_id"], "-i", str(dataset_path("iris.csv")), "--format", "json"))
+    assert answer["predictions"] == [r["prediction"] for r in rows]
+    assert sum(answer["probabilities"][0].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_predict_errors_exit_1_with_the_servers_message(mlps, iris_job, tmp_path):  # noqa: F811
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sepal_length,sepal_width\n1,2\n")
+    result = mlps("predict", iris_job["model_id"], "-i", str(bad))
+    assert result.exit_code == 1
+    assert "lacks the model's feature column(s) 'petal_length', 'petal_width'" in " ".join(result.stderr.split())
+    unknown = mlps("predict", "mdl_0000000000000000", "-i", str(bad))
+    assert unknown.exit_code == 1 and "no model with id 'mdl_0000000000000000'" in unknown.stderr
+
+
+def test_url_option_beats_the_environment_and_unreachable_is_exit_1(mlps, live_url):  # noqa: F811
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    result = mlps("jobs", "list", "--json", "--url", live_url, env={"MLPS_URL": nowhere})
+    assert result.exit_code == 0
+    down = mlps("jobs", "list", env={"MLPS_URL": nowhere})
+    assert down.exit_code == 1 and f"cannot reach the MLP Service at {nowhere}" in " ".join(down.stderr.split())
+
+
+def test_jobs_wait_exits_1_when_the_job_fails(mlps, live_url):  # noqa: F811
+    ds_id = mlps("datasets", "upload", str(dataset_path("diabetes.csv")), "-q").stdout.strip()
+    result = mlps("jobs", "submit", "--dataset", ds_id, "--target", "progression", "--set", "task=regression",
+                  "--set", "model.hidden_layers=[256, 256]", "--set", "training.optimizer=sgd",
+                  "--set", "training.learning_rate=10", "--set", "training.epochs=50", "--wait", "--timeout", "120")
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.stdout.split())
+    assert "failed" in out and "loss became NaN" in out

@@ -1,6 +1,5 @@
 """The `mlps` command: serve, api, worker, migrate."""
 
-import logging
 import os
 import signal
 import subprocess
@@ -30,9 +29,15 @@ def _settings(host=None, port=None, data_dir=None, database_url=None) -> Setting
     return Settings(**overrides)
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _logging(settings: Settings) -> None:
+    from service.logs import configure
+
+    configure(settings.log_format)
+
+
+def _uvicorn_logging(settings: Settings) -> dict:
+    """uvicorn's own log setup for text; in JSON mode its records go through ours."""
+    return {} if settings.log_format == "text" else {"log_config": None}
 
 
 def _env_for(settings: Settings) -> dict[str, str]:
@@ -73,10 +78,11 @@ def api(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = None,
 
     from service.api import create_app
 
-    _logging()
     settings = _settings(host, port, data_dir, database_url)
+    _logging(settings)
     _check_schema(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                **_uvicorn_logging(settings))
 
 
 @app.command()
@@ -89,8 +95,8 @@ def worker(
     from service.devices import discover
     from service.worker import Worker
 
-    _logging()
     settings = _settings(data_dir=data_dir, database_url=database_url)
+    _logging(settings)
     _check_schema(settings)
     try:
         found = discover(devices)
@@ -110,8 +116,8 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
     from service.api import create_app
     from service.db import migrate as run_migrations
 
-    _logging()
     settings = _settings(host, port, data_dir, database_url)
+    _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run_migrations(settings.database_url)
     worker_proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--devices", devices],
@@ -120,7 +126,8 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
     # the worker below is always stopped too.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                    **_uvicorn_logging(settings))
     finally:
         worker_proc.send_signal(signal.SIGTERM)
         try:

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("var"), description="Datasets, models and the SQLite file live here.")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
     host: str = "127.0.0.1"
+    log_format: Literal["text", "json"] = Field(default="text", description="json: one object per line")
     port: int = Field(default=8000, ge=1, le=65535)
 
     # Uploads

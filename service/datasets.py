@@ -1,5 +1,6 @@
 """Data sets: create from an upload, look up, list, preview, delete."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from service.queue import new_id
 from service.storage import Storage, publish
 from service.tables import Dataset, Job, JobStatus
 from service.training import data as D
+
+log = logging.getLogger("mlps.datasets")
 
 
 def clean_name(name: str | None, fallback: str) -> str:
@@ -42,6 +45,8 @@ def create(*, session: Session, storage: Storage, upload_path: Path, name: str, 
     session.add(dataset)
     session.info.setdefault("on_rollback", []).append(lambda: dest.unlink(missing_ok=True))
     session.flush()
+    log.info("data set %s stored: %s, %d rows, %d columns", dataset_id, result.format, result.n_rows,
+             len(result.columns))
     return dataset
 
 

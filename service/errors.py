@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.logs import request_id_var
+
 log = logging.getLogger("mlps.api")
 
 PROBLEM_JSON = "application/problem+json"
@@ -85,6 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.middleware("http")
     async def _request_id(request: Request, call_next):
         request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id_var.set(request.state.request_id)
         response = await call_next(request)
         response.headers["x-request-id"] = request.state.request_id
         return response

@@ -14,6 +14,8 @@ import torch
 from service import queue
 from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope
+from service.logs import configure as configure_logging
+from service.logs import job_id_var
 from service.storage import Storage, publish
 from service.tables import Dataset, Job, Model
 from service.training import data as D
@@ -41,10 +43,11 @@ def _feature_schema(preprocessing: dict[str, Any]) -> list[dict[str, Any]]:
 def run_job(settings_json: str, job_id: str, token: str, device: str, device_description: str,
             worker_pid: int) -> None:
     """Entry point of the child process. Every write is guarded by the lease token."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.model_validate_json(settings_json)
+    configure_logging(settings.log_format)
+    job_id_var.set(job_id)
     _exit_with_worker(worker_pid)
     log.info("job %s: training process %d started on %s", job_id, os.getpid(), device_description)
-    settings = Settings.model_validate_json(settings_json)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     storage = Storage(settings.data_dir)

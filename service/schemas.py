@@ -205,6 +205,12 @@ class PredictRequest(_Input):
 
 
 class EmbedRequest(_Input):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"records": [
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]}]},
+    )
+
     records: list[dict[str, Any]] | None = Field(default=None, min_length=1)
     inputs: list[Any] | None = Field(default=None, min_length=1)
 

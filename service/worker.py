@@ -30,7 +30,7 @@ def _context() -> mp.context.BaseContext:
     """Children fork from a server that imported torch once, so a job start does not pay for it again."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["service.cli", "service.preload"])
+        ctx.set_forkserver_preload(["typer", "service.preload"])
         return ctx
     return mp.get_context("spawn")
 
@@ -186,7 +186,8 @@ class Worker:
         if claim is None:
             return None
         device = choose(claim.device_request, free, busy=set())
-        log.info("job %s claimed (attempt %d) on %s", claim.job_id, claim.attempt, device.description)
+        log.info("job %s claimed (attempt %d) on %s", claim.job_id, claim.attempt, device.description,
+                 extra={"job_id": claim.job_id})
         from service.runner import run_job
 
         process = self._ctx.Process(

@@ -19,7 +19,7 @@ UPLOAD_BODY = {
             "properties": {"file": {"type": "string", "format": "binary",
                                     "description": "CSV, TSV or Parquet; the header row names the columns"},
                            "name": {"type": "string", "description": "Display name (default: the file name)"}},
-        }}},
+        }, "example": {"file": "sepal_length,petal_length,species\n5.1,1.4,Iris-setosa\n", "name": "iris"}}},
     }
 }
 

@@ -49,7 +49,7 @@ UPLOAD_BODY = {
             "properties": {"file": {"type": "string", "format": "binary",
                                     "description": "CSV, TSV or Parquet with (at least) the model's feature "
                                                    "columns; the header row names the columns"}},
-        }}},
+        }, "example": {"file": "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n"}}},
     }
 }
 _CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")

@@ -101,3 +101,14 @@ def test_api_refuses_to_start_on_an_unmigrated_database(settings):
 
     with pytest.raises(SchemaNotReady, match="run `mlps migrate`"), TestClient(create_app(settings)):
         pass
+
+
+def test_openapi_has_an_example_for_every_request_body(client):
+    spec = client.get("/openapi.json").json()
+    assert client.get("/docs").status_code == 200
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for ctype, media in op.get("requestBody", {}).get("content", {}).items():
+                ref = media.get("schema", {}).get("$ref", "")
+                component = spec["components"]["schemas"].get(ref.split("/")[-1], {})
+                assert "example" in media or "examples" in media or "examples" in component, (method, path, ctype)

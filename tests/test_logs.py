@@ -1,0 +1,48 @@
+"""Structured logs: JSON lines that carry the request id (API) and the job id (training)."""
+
+import io
+import json
+import logging
+
+import pytest
+
+from service.logs import configure, job_id_var
+from tests.conftest import upload
+
+
+@pytest.fixture
+def json_log():
+    stream = io.StringIO()
+    handler = configure("json", stream)
+    yield stream
+    logging.getLogger().removeHandler(handler)
+
+
+def lines(stream) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_api_log_lines_carry_the_request_id(client, json_log):
+    resp = upload(client, "iris.csv")
+    stored = [r for r in lines(json_log) if r["logger"] == "mlps.datasets"]
+    assert stored and stored[-1]["request_id"] == resp.headers["x-request-id"]
+    assert "150 rows" in stored[-1]["message"] and stored[-1]["level"] == "INFO"
+
+
+def test_job_log_lines_carry_the_job_id(json_log):
+    token = job_id_var.set("job_0123456789abcdef")
+    try:
+        logging.getLogger("mlps.runner").warning("epoch %d slow", 3)
+    finally:
+        job_id_var.reset(token)
+    (record,) = [r for r in lines(json_log) if r["logger"] == "mlps.runner"]
+    assert record == {**record, "job_id": "job_0123456789abcdef", "message": "epoch 3 slow", "level": "WARNING"}
+
+
+def test_exceptions_are_one_json_line(json_log):
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("mlps.api").exception("failed")
+    (record,) = [r for r in lines(json_log) if r["logger"] == "mlps.api"]
+    assert "ValueError: boom" in record["exception"]

@@ -15,6 +15,14 @@ from service.tables import Job, JobStatus, Worker
 log = logging.getLogger("mlps.fleet")
 
 
+LIVENESS_SLACK_S = 5.0
+
+
+def liveness_window_s(heartbeat_s: float) -> float:
+    """A worker whose last heartbeat is older than this (three missed beats and 5 s) counts as gone."""
+    return 3 * heartbeat_s + LIVENESS_SLACK_S
+
+
 def list_workers(*, session: Session, stale_after_s: float, include_stopped: bool) -> list[dict[str, Any]]:
     """Workers with their devices, liveness and the jobs they are running."""
     query = select(Worker).order_by(Worker.started_at.desc())

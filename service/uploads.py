@@ -13,6 +13,15 @@ FILE_FIELD = "file"
 MAX_TEXT_FIELD = 1024
 
 
+def multipart_body(file_description: str, example: dict[str, str],
+                   extra: dict[str, dict[str, str]] | None = None) -> dict:
+    """OpenAPI `requestBody` for an endpoint that streams a multipart part named 'file' (plus small text parts)."""
+    properties = {FILE_FIELD: {"type": "string", "format": "binary", "description": file_description}, **(extra or {})}
+    schema = {"type": "object", "required": [FILE_FIELD], "properties": properties}
+    return {"requestBody": {"required": True,
+                            "content": {"multipart/form-data": {"schema": schema, "example": example}}}}
+
+
 @dataclass
 class Upload:
     filename: str | None = None

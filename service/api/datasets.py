@@ -7,21 +7,15 @@ from service import datasets
 from service.api.deps import DatasetDep, LimitDep, OffsetDep, SessionDep, SettingsDep, StorageDep
 from service.schemas import DatasetPreview, DatasetRead, Page
 from service.training.data import preview
-from service.uploads import receive_file
+from service.uploads import multipart_body, receive_file
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary",
-                                    "description": "CSV, TSV or Parquet; the header row names the columns"},
-                           "name": {"type": "string", "description": "Display name (default: the file name)"}},
-        }, "example": {"file": "sepal_length,petal_length,species\n5.1,1.4,Iris-setosa\n", "name": "iris"}}},
-    }
-}
+UPLOAD_BODY = multipart_body(
+    "CSV, TSV, Parquet or .npz; the header row names the columns",
+    {"file": "sepal_length,petal_length,species\n5.1,1.4,Iris-setosa\n", "name": "iris"},
+    {"name": {"type": "string", "description": "Display name (default: the file name)"}},
+)
 
 
 @router.post("", status_code=201, response_model=DatasetRead, openapi_extra=UPLOAD_BODY,

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
 from service.db import utcnow
+from service.fleet import liveness_window_s
 from service.tables import TERMINAL_STATUSES, Dataset, EpochMetric, Job, JobStatus, Model
 from service.tables import Worker as WorkerRow
 
@@ -31,14 +32,13 @@ JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
                         24 * 3600.0)
 PREDICT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 EPOCH_RATE_WINDOW_S = 60.0
-WORKER_LIVENESS_SLACK_S = 5.0
 PREDICT_PATHS = {"/predict": "/predict"}
 BATCH_PREDICT_PATH = re.compile(r"^/models/[^/]+/predict$")
 
 
 def worker_liveness_window_s(settings: Settings) -> float:
-    """A worker whose last heartbeat is older than this counts as gone (three missed beats and 5 s, as /workers)."""
-    return 3 * settings.heartbeat_s + WORKER_LIVENESS_SLACK_S
+    """The window GET /workers uses for liveness."""
+    return liveness_window_s(settings.heartbeat_s)
 
 
 class DatabaseCollector(Collector):

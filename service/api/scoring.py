@@ -31,7 +31,7 @@ from service.predict import ModelCache
 from service.tables import Model
 from service.training import data as D
 from service.training import pipeline as P
-from service.uploads import receive_file
+from service.uploads import multipart_body, receive_file
 
 log = logging.getLogger("mlps.api")
 router = APIRouter(tags=["models"])
@@ -41,17 +41,10 @@ CSV_BLOCK_BYTES = 4 << 20
 PREDICTION = "prediction"
 ROW_COUNT_HEADER = "X-Row-Count"
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary",
-                                    "description": "CSV, TSV or Parquet with (at least) the model's feature "
-                                                   "columns; the header row names the columns"}},
-        }, "example": {"file": "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n"}}},
-    }
-}
+UPLOAD_BODY = multipart_body(
+    "CSV, TSV or Parquet with (at least) the model's feature columns; the header row names the columns",
+    {"file": "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n"},
+)
 _CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
 
 

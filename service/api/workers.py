@@ -31,6 +31,6 @@ class WorkerList(BaseModel):
 @router.get("/workers", response_model=WorkerList, summary="Live workers, their devices and running jobs")
 def list_workers(session: SessionDep, settings: SettingsDep,
                  include_stopped: bool = Query(default=False, description="Also list stopped or silent workers")):
-    items = fleet.list_workers(session=session, stale_after_s=3 * settings.heartbeat_s + 5,
+    items = fleet.list_workers(session=session, stale_after_s=fleet.liveness_window_s(settings.heartbeat_s),
                                include_stopped=include_stopped)
     return WorkerList(items=items)

@@ -5,6 +5,8 @@
 # Usage: deploy/smoke.sh
 # Environment:
 #   MLPS_URL        base URL of the API (default http://127.0.0.1:8000)
+#   MLPS_API_KEY    the key to send (default: MLPS_ADMIN_KEY, the stack's preset admin key, else the
+#                   admin key the api container wrote to /data/admin.key, read with `docker compose exec`)
 #   MLPS_SMOKE_CSV  CSV to upload (default: shared/datasets/iris.csv beside the repository)
 #   MLPS_SMOKE_TIMEOUT  seconds to wait for training (default 300)
 set -euo pipefail
@@ -26,20 +28,26 @@ print("" if value is None else json.dumps(value) if isinstance(value, (dict, lis
 }
 
 [[ -f $CSV ]] || die "no such file: $CSV"
+KEY=${MLPS_API_KEY:-${MLPS_ADMIN_KEY:-}}
+if [[ -z $KEY ]] && command -v docker >/dev/null; then
+  KEY=$(cd "$ROOT" && docker compose exec -T api cat /data/admin.key 2>/dev/null) || KEY=""
+fi
+[[ -n $KEY ]] || die "no API key: set MLPS_API_KEY (docker compose exec api cat /data/admin.key shows the admin key)"
+AUTH="Authorization: Bearer $KEY"
 
 log "API: $BASE"
 curl -fsS "$BASE/healthz" >/dev/null || die "$BASE/healthz did not answer 200"
 curl -fsS "$BASE/readyz" >/dev/null || die "$BASE/readyz did not answer 200"
 
 log "uploading $CSV"
-dataset=$(curl -fsS -F "file=@$CSV" "$BASE/datasets") || die "upload failed"
+dataset=$(curl -fsS -H "$AUTH" -F "file=@$CSV" "$BASE/datasets") || die "upload failed"
 dataset_id=$(json_get id <<<"$dataset")
 [[ -n $dataset_id ]] || die "upload answered no dataset id: $dataset"
 log "data set $dataset_id ($(json_get n_rows <<<"$dataset") rows)"
 
 job_body=$(python3 -c 'import json, sys
 print(json.dumps({"dataset_id": sys.argv[1], "target": "species", "training": {"epochs": 30}}))' "$dataset_id")
-job=$(curl -fsS -H 'Content-Type: application/json' -d "$job_body" "$BASE/jobs") || die "job submission failed"
+job=$(curl -fsS -H "$AUTH" -H 'Content-Type: application/json' -d "$job_body" "$BASE/jobs") || die "job submission failed"
 job_id=$(json_get id <<<"$job")
 [[ -n $job_id ]] || die "job submission answered no job id: $job"
 log "job $job_id submitted"
@@ -47,7 +55,7 @@ log "job $job_id submitted"
 deadline=$((SECONDS + TIMEOUT))
 status=""
 while :; do
-  job=$(curl -fsS "$BASE/jobs/$job_id") || die "GET /jobs/$job_id failed"
+  job=$(curl -fsS -H "$AUTH" "$BASE/jobs/$job_id") || die "GET /jobs/$job_id failed"
   new_status=$(json_get status <<<"$job")
   if [[ $new_status != "$status" ]]; then
     status=$new_status
@@ -67,7 +75,7 @@ log "model $model_id, metrics: $(json_get latest_metrics <<<"$job")"
 predict_body=$(python3 -c 'import json, sys
 print(json.dumps({"model_id": sys.argv[1], "records": [
     {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]}))' "$model_id")
-answer=$(curl -fsS -H 'Content-Type: application/json' -d "$predict_body" "$BASE/predict") || die "predict failed"
+answer=$(curl -fsS -H "$AUTH" -H 'Content-Type: application/json' -d "$predict_body" "$BASE/predict") || die "predict failed"
 prediction=$(python3 -c 'import json, sys
 print(json.load(sys.stdin)["predictions"][0])' <<<"$answer") || die "unexpected predict answer: $answer"
 log "prediction for (5.1, 3.5, 1.4, 0.2): $prediction"

@@ -1,9 +1,10 @@
-"""The `mlps` command: serve, api, worker, migrate."""
+"""The `mlps` command: serve, api, worker, migrate, keys."""
 
 import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +61,37 @@ def _check_schema(settings: Settings) -> None:
         engine.dispose()
 
 
+@contextmanager
+def _database(settings: Settings):
+    """One transaction on the settings' (migrated) database."""
+    from service.db import make_engine, make_sessionmaker, session_scope
+
+    _check_schema(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _bootstrap_admin_key(settings: Settings) -> None:
+    """First start: create an admin key, save it to <data-dir>/admin.key (mode 0600) and show it once."""
+    from service.auth import ADMIN_KEY_FILE, bootstrap_admin_key
+
+    preset = settings.admin_key.get_secret_value()
+    try:
+        with _database(settings) as session:
+            key = bootstrap_admin_key(session, settings.data_dir, preset)
+    except ValueError as exc:
+        typer.echo(f"error: MLPS_ADMIN_KEY: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if key and preset:
+        typer.echo(f"Admin API key from MLPS_ADMIN_KEY saved to {settings.data_dir / ADMIN_KEY_FILE} (mode 0600)")
+    elif key:
+        typer.echo(f"Admin API key (shown once; saved to {settings.data_dir / ADMIN_KEY_FILE}, mode 0600):\n{key}")
+
+
 @app.command()
 def migrate(data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
     """Create or upgrade the database schema to the newest version."""
@@ -81,6 +113,7 @@ def api(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = None,
     settings = _settings(host, port, data_dir, database_url)
     _logging(settings)
     _check_schema(settings)
+    _bootstrap_admin_key(settings)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
                 **_uvicorn_logging(settings))
 
@@ -120,6 +153,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
     _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run_migrations(settings.database_url)
+    _bootstrap_admin_key(settings)
     worker_proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--devices", devices],
                                    env=_env_for(settings))
     # uvicorn re-raises the SIGTERM it caught once it has shut down; turn that into SystemExit so that
@@ -135,6 +169,71 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
         except subprocess.TimeoutExpired:
             worker_proc.kill()
             worker_proc.wait()
+
+
+keys_app = typer.Typer(help="API keys (run on the server: they act on its database directly).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Option(help="Owner: keys with the same name share data sets, jobs "
+                                                       "and models")],
+                admin: Annotated[bool, typer.Option("--admin", help="May see everything and read /metrics")] = False,
+                data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
+    """Create a key and print it, alone on stdout; it is not stored and cannot be shown again."""
+    from service.auth import create_key
+
+    try:
+        with _database(_settings(data_dir=data_dir, database_url=database_url)) as session:
+            _, key = create_key(session, name=name, admin=admin)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(include_revoked: Annotated[bool, typer.Option("--all", help="Also list revoked keys")] = False,
+              as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
+              data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
+    """Keys: id, owner, prefix, admin, created, last used, revoked (never the key itself)."""
+    import json
+
+    from service.auth import list_keys
+
+    with _database(_settings(data_dir=data_dir, database_url=database_url)) as session:
+        rows = [{"id": k.id, "name": k.name, "prefix": k.prefix, "admin": k.admin,
+                 "created_at": k.created_at.isoformat(timespec="seconds"),
+                 "last_used_at": k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else None,
+                 "revoked_at": k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else None}
+                for k in list_keys(session, include_revoked=include_revoked)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "name", "prefix", "admin", "created", "last used", "revoked")
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["prefix"] + "…", "yes" if r["admin"] else "", r["created_at"],
+                      r["last_used_at"] or "", r["revoked_at"] or "")
+    Console(highlight=False).print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id (key_…) or prefix, as `mlps keys list` shows")],
+                data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
+    """Revoke a key: requests with it get 401 from then on. Its owner's data stays."""
+    from service.auth import revoke_key
+    from service.errors import NotFound
+
+    try:
+        with _database(_settings(data_dir=data_dir, database_url=database_url)) as session:
+            row = revoke_key(session, key)
+    except NotFound as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"revoked {row.id} ({row.name}, {row.prefix}…)")
 
 
 from service.cli_client import datasets_app, jobs_app, models_app, predict  # noqa: E402 (mounted after the core)

@@ -1,7 +1,8 @@
 """Client commands of `mlps`: datasets, jobs, models and predict, over HTTP against a running server.
 
 Every read command prints a table, or the server's JSON with --json (for scripts). The server comes from --url
-or MLPS_URL (default http://127.0.0.1:8000); MLPS_API_KEY, when set, is sent as a bearer token.
+or MLPS_URL (default http://127.0.0.1:8000). The API key comes from MLPS_API_KEY, MLPS_API_KEY_FILE, or for a
+server on this machine from <MLPS_DATA_DIR, default ./var>/admin.key, which `mlps serve` writes.
 Exit codes: 0 success; 1 an error answer, an unreachable server, or a job that failed or was cancelled;
 2 a usage error.
 """
@@ -588,6 +589,19 @@ def models_show(model_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> 
                   else f"shape {f['shape']}" if "shape" in f else "")
         features.add_row(escape(str(f.get("name"))), str(f.get("kind", "")), detail)
     out.print(features)
+
+
+@models_app.command("download")
+def models_download(
+    model_id: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Zip file [default: MODEL_ID.zip]")] = None,
+    url: UrlOpt = None,
+) -> None:
+    """Download a model: a zip of weights.safetensors and model.json (load them without this service)."""
+    output = output or Path(f"{model_id}.zip")
+    with connect(url) as client:
+        client.download_model(model_id, output)
+    typer.echo(f"saved {model_id} to {output}")
 
 
 # ---------------------------------------------------------------- predict

@@ -25,6 +25,7 @@ import httpx
 from service import __version__
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 # Reads on the event stream: the server sends a keep-alive comment every 15 s, so silence this long means a
 # stalled connection, which is then re-opened.
@@ -231,13 +232,30 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
 # ---------------------------------------------------------------- the client
 
 
+def find_api_key(base_url: str) -> str | None:
+    """The key to send: MLPS_API_KEY, else MLPS_API_KEY_FILE, else, for a server on this machine, the admin key
+    that `mlps serve` wrote to <MLPS_DATA_DIR, default ./var>/admin.key."""
+    if os.environ.get("MLPS_API_KEY"):
+        return os.environ["MLPS_API_KEY"].strip()
+    path = os.environ.get("MLPS_API_KEY_FILE")
+    if not path:
+        if httpx.URL(base_url).host not in LOOPBACK_HOSTS:
+            return None
+        path = str(Path(os.environ.get("MLPS_DATA_DIR") or "var") / "admin.key")
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+
 class Client:
     """The MLP Service over HTTP; every method is one endpoint (wait() follows a job to its end)."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 30.0) -> None:
         self.base_url = (base_url or os.environ.get("MLPS_URL") or DEFAULT_URL).rstrip("/")
         self.timeout = timeout
-        key = api_key if api_key is not None else os.environ.get("MLPS_API_KEY")
+        key = api_key if api_key is not None else find_api_key(self.base_url)
         headers = {"user-agent": f"mlps-client/{__version__}", "accept": "application/json"}
         if key:
             headers["authorization"] = f"Bearer {key}"
@@ -460,6 +478,17 @@ class Client:
     def model(self, model_id: str) -> Model:
         """GET /models/{id}: task, feature schema, labels and metrics."""
         return self._json("GET", f"/models/{model_id}")
+
+    def download_model(self, model_id: str, out_path: str | Path | IO[bytes]) -> None:
+        """GET /models/{id}/download: a zip of weights.safetensors and model.json, saved to out_path."""
+        try:
+            with self._http.stream("GET", f"/models/{model_id}/download", timeout=self._long_timeout()) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.from_response(response)
+                _save_stream(response, out_path)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
 
     def predict(self, model_id: str, records: list[dict[str, Any]] | None = None,
                 inputs: list[Any] | None = None) -> Prediction:

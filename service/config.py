@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,9 +20,26 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
 
     # Uploads
-    max_upload_bytes: int = Field(default=1 << 30, ge=1)
-    max_columns: int = Field(default=5000, ge=1)
+    max_upload_bytes: int = Field(default=1 << 30, ge=1, description="Largest upload; 413 as soon as it is passed")
+    max_rows: int = Field(default=20_000_000, ge=1, description="Rows per data set")
+    max_columns: int = Field(default=5000, ge=1, description="Columns per data set")
     preview_rows: int = Field(default=20, ge=1, le=1000)
+
+    # Job specs
+    max_parameters: int = Field(default=50_000_000, ge=1, description="Trainable parameters per network")
+    max_layers: int = Field(default=32, ge=1, description="Hidden layers per network")
+    max_layer_width: int = Field(default=16384, ge=1, description="Units per hidden layer")
+    max_epochs: int = Field(default=100_000, ge=1)
+    max_batch_size: int = Field(default=1_000_000, ge=1)
+    max_runtime_s: int = Field(default=7 * 24 * 3600, ge=1, description="Ceiling on a job's training time; also "
+                               "the limit of a job that sets none")
+    max_active_jobs: int = Field(default=100, ge=1, description="Queued + running jobs per owner")
+
+    # Keys
+    admin_key: SecretStr = Field(default=SecretStr(""), description="The first admin key to create, instead of a "
+                                 "random one (e.g. from a deployment's secrets); mlps_ and at least 40 characters")
+    rate_limit_per_s: float = Field(default=50.0, ge=0, description="Requests per second per key; 0: no limit")
+    rate_limit_burst: int = Field(default=200, ge=1, description="Requests a key may make at once")
 
     # Queue and worker
     poll_interval_s: float = Field(default=0.2, gt=0)

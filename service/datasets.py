@@ -7,6 +7,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.auth import Principal, can_see, visible
 from service.errors import Conflict, InvalidInput, NotFound
 from service.queue import new_id
 from service.storage import Storage, publish
@@ -23,13 +24,13 @@ def clean_name(name: str | None, fallback: str) -> str:
 
 
 def create(*, session: Session, storage: Storage, upload_path: Path, name: str, size_bytes: int, sha256: str,
-           max_columns: int) -> Dataset:
+           owner: str, max_columns: int, max_rows: int) -> Dataset:
     """Parse the uploaded file; store it as Parquet and register it. A bad file leaves nothing behind."""
     dataset_id = new_id("ds")
     staged = storage.temp_path(".parquet")
     try:
         try:
-            result = D.ingest(upload_path, staged, max_columns=max_columns)
+            result = D.ingest(upload_path, staged, max_columns=max_columns, max_rows=max_rows)
         except D.DataError as exc:
             errors = [{"column": exc.column, "message": str(exc)}] if exc.column else [
                 {"field": "file", "message": str(exc)}]
@@ -40,7 +41,7 @@ def create(*, session: Session, storage: Storage, upload_path: Path, name: str, 
     finally:
         staged.unlink(missing_ok=True)
         staged.with_suffix(".npz").unlink(missing_ok=True)
-    dataset = Dataset(id=dataset_id, name=name, format=result.format, n_rows=result.n_rows,
+    dataset = Dataset(id=dataset_id, owner=owner, name=name, format=result.format, n_rows=result.n_rows,
                       n_columns=len(result.columns), columns=result.columns, size_bytes=size_bytes, sha256=sha256)
     session.add(dataset)
     session.info.setdefault("on_rollback", []).append(lambda: dest.unlink(missing_ok=True))
@@ -50,18 +51,19 @@ def create(*, session: Session, storage: Storage, upload_path: Path, name: str, 
     return dataset
 
 
-def get(*, session: Session, dataset_id: str) -> Dataset:
-    """The data set with this id, or NotFound."""
+def get(*, session: Session, dataset_id: str, principal: Principal) -> Dataset:
+    """The data set with this id, or NotFound (also when it belongs to another owner)."""
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+    if dataset is None or not can_see(principal, dataset.owner):
         raise NotFound(f"no data set with id '{dataset_id}'; GET /datasets lists them")
     return dataset
 
 
-def list_(*, session: Session, limit: int, offset: int) -> tuple[list[Dataset], int]:
-    """A page of data sets, newest first, and the total count."""
-    total = session.scalar(select(func.count()).select_from(Dataset))
-    rows = session.scalars(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id)
+def list_(*, session: Session, principal: Principal, limit: int, offset: int) -> tuple[list[Dataset], int]:
+    """A page of the caller's data sets (every one for an admin), newest first, and the total count."""
+    query = visible(select(Dataset), Dataset, principal)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id)
                            .limit(limit).offset(offset)).all()
     return list(rows), int(total or 0)
 

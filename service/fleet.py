@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import queue
+from service.auth import Principal, visible
 from service.db import session_scope, utcnow
 from service.tables import Job, JobStatus, Worker
 
@@ -23,15 +24,17 @@ def liveness_window_s(heartbeat_s: float) -> float:
     return 3 * heartbeat_s + LIVENESS_SLACK_S
 
 
-def list_workers(*, session: Session, stale_after_s: float, include_stopped: bool) -> list[dict[str, Any]]:
-    """Workers with their devices, liveness and the jobs they are running."""
+def list_workers(*, session: Session, principal: Principal, stale_after_s: float,
+                 include_stopped: bool) -> list[dict[str, Any]]:
+    """Workers with their devices, liveness and the running jobs the caller may see."""
     query = select(Worker).order_by(Worker.started_at.desc())
     if not include_stopped:
         query = query.where(Worker.stopped_at.is_(None),
                             Worker.heartbeat_at >= utcnow() - timedelta(seconds=stale_after_s))
     workers = session.scalars(query).all()
     running: dict[str, list[str]] = {}
-    for job_id, worker_id in session.execute(select(Job.id, Job.worker_id).where(Job.status == JobStatus.RUNNING)):
+    jobs = visible(select(Job.id, Job.worker_id).where(Job.status == JobStatus.RUNNING), Job, principal)
+    for job_id, worker_id in session.execute(jobs):
         running.setdefault(worker_id, []).append(job_id)
     now = utcnow()
     return [{"id": w.id, "host": w.host, "pid": w.pid, "devices": w.devices, "started_at": w.started_at,

@@ -1,11 +1,14 @@
 """Jobs: validate a spec against its data set, submit, look up, list, and read metrics."""
 
+import math
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import queue
+from service.auth import Principal, TooManyRequests, can_see, visible
+from service.config import Settings
 from service.devices import waiting_reason
 from service.errors import InvalidInput, NotFound
 from service.schemas import JobCreate, JobRead, Progress
@@ -103,32 +106,103 @@ def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], list[str], st
     return targets, features, task
 
 
-def submit(*, session: Session, spec: JobCreate) -> Job:
-    """Validate against the data set and enqueue."""
+def _width(column: dict[str, Any]) -> int:
+    """Network inputs one column becomes: one-hot for categories, every element of an array column."""
+    if column["kind"] == "categorical":
+        return max(int(column["n_unique"]), 1)
+    if column["kind"] == "tensor":
+        return math.prod(column.get("shape") or [1])
+    return 1
+
+
+def count_parameters(sizes: list[int], batch_norm_layers: list[int]) -> int:
+    """Weights and biases of Linear layers between consecutive sizes, plus batch norm's scale and shift."""
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False)) + 2 * sum(batch_norm_layers)
+
+
+def estimate_parameters(spec: JobCreate, dataset: Dataset, targets: list[str], features: list[str],
+                        task: str) -> int:
+    """An upper bound of the network's size from the column summary (categories may be fewer after the split)."""
+    columns = {c["name"]: c for c in dataset.columns}
+    n_in = sum(_width(columns[f]) for f in features)
+    if task == "autoencoder":
+        n_out = n_in
+    elif task == "classification":
+        n_classes = int(columns[targets[0]]["n_unique"])
+        n_out = 1 if n_classes <= 2 else n_classes
+    else:
+        n_out = len(targets)
+    model = spec.model
+    if model.type in ("logistic_regression", "perceptron"):
+        return count_parameters([n_in, n_out], [])
+    hidden = list(model.hidden_layers)
+    if model.type == "autoencoder":  # encoder to the bottleneck, mirrored decoder; no norm at the bottleneck
+        norms = 2 * hidden[:-1] if model.batch_norm else []
+        return count_parameters([n_in, *hidden, *reversed(hidden[:-1]), n_in], norms)
+    return count_parameters([n_in, *hidden, n_out], hidden if model.batch_norm else [])
+
+
+def check_limits(spec: JobCreate, settings: Settings) -> None:
+    """The operator's ceilings (settings), tighter than the schema's absolute bounds."""
+    model, training = spec.model, spec.training
+    if model.type in ("mlp", "autoencoder"):
+        if len(model.hidden_layers) > settings.max_layers:
+            raise _invalid("model.hidden_layers", f"{len(model.hidden_layers)} hidden layers; this server accepts "
+                           f"at most {settings.max_layers}")
+        for i, width in enumerate(model.hidden_layers):
+            if width > settings.max_layer_width:
+                raise _invalid(f"model.hidden_layers.{i}", f"a layer of {width} units; this server accepts at most "
+                               f"{settings.max_layer_width} per layer")
+    if training.epochs > settings.max_epochs:
+        raise _invalid("training.epochs", f"{training.epochs} epochs; this server accepts at most "
+                       f"{settings.max_epochs}")
+    if training.batch_size > settings.max_batch_size:
+        raise _invalid("training.batch_size", f"batch size {training.batch_size}; this server accepts at most "
+                       f"{settings.max_batch_size}")
+    if spec.max_runtime_s is not None and spec.max_runtime_s > settings.max_runtime_s:
+        raise _invalid("max_runtime_s", f"max_runtime_s {spec.max_runtime_s}; this server accepts at most "
+                       f"{settings.max_runtime_s} s")
+
+
+def submit(*, session: Session, spec: JobCreate, principal: Principal, settings: Settings) -> Job:
+    """Validate against the data set and the server's limits, and enqueue for the caller's owner."""
+    check_limits(spec, settings)
     dataset = session.get(Dataset, spec.dataset_id)
-    if dataset is None:
+    if dataset is None or not can_see(principal, dataset.owner):
         raise InvalidInput(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
                            errors=[{"field": "dataset_id", "message": "unknown data set"}])
     targets, features, task = resolve(spec, dataset)
+    n_params = estimate_parameters(spec, dataset, targets, features, task)
+    if n_params > settings.max_parameters:
+        raise _invalid("model.hidden_layers", f"this network would have about {n_params:,} parameters for "
+                       f"{len(features)} feature column(s); this server accepts at most "
+                       f"{settings.max_parameters:,}: use fewer or narrower layers")
+    active = session.scalar(select(func.count()).select_from(Job).where(
+        Job.owner == principal.owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))
+    if active >= settings.max_active_jobs:
+        raise TooManyRequests(f"{principal.owner} already has {active} queued or running jobs, the most this "
+                              "server accepts; wait for some to finish or cancel them")
     stored: dict[str, Any] = spec.model_dump(mode="json")
     stored["features"] = features
     stored["targets"] = targets
     stored["task"] = task
-    return queue.enqueue(session=session, dataset_id=dataset.id, spec=stored, task=task)
+    if stored["max_runtime_s"] is None:
+        stored["max_runtime_s"] = settings.max_runtime_s
+    return queue.enqueue(session=session, owner=principal.owner, dataset_id=dataset.id, spec=stored, task=task)
 
 
-def get(*, session: Session, job_id: str) -> Job:
-    """The job with this id, or NotFound."""
+def get(*, session: Session, job_id: str, principal: Principal) -> Job:
+    """The job with this id, or NotFound (also when it belongs to another owner)."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not can_see(principal, job.owner):
         raise NotFound(f"no job with id '{job_id}'; GET /jobs lists them")
     return job
 
 
-def list_(*, session: Session, status: JobStatus | None, dataset_id: str | None, limit: int,
+def list_(*, session: Session, principal: Principal, status: JobStatus | None, dataset_id: str | None, limit: int,
           offset: int) -> tuple[list[Job], int]:
-    """A page of jobs, newest first, optionally filtered."""
-    query = select(Job)
+    """A page of the caller's jobs (every one for an admin), newest first, optionally filtered."""
+    query = visible(select(Job), Job, principal)
     if status is not None:
         query = query.where(Job.status == status)
     if dataset_id is not None:

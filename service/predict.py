@@ -1,7 +1,9 @@
 """Trained models: lookup, an in-memory cache of loaded networks, and inference."""
 
 import threading
+import zipfile
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,12 +11,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from torch import nn
 
+from service.auth import Principal, can_see, visible
 from service.errors import InvalidInput, NotFound
 from service.storage import Storage
 from service.tables import Model
 from service.training import data as D
 from service.training import pipeline as P
-from service.training.artifact import load_model
+from service.training.artifact import META, WEIGHTS, load_model
 
 
 class ModelCache:
@@ -43,18 +46,29 @@ class ModelCache:
             self._items.pop(model_id, None)
 
 
-def get(*, session: Session, model_id: str) -> Model:
-    """The model with this id, or NotFound."""
+def package(storage: Storage, model: Model) -> Path:
+    """A temporary zip of the model's folder (safetensors + JSON); the caller removes it."""
+    folder = storage.model_dir(model.id)
+    path = storage.temp_path(".zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(folder / WEIGHTS, WEIGHTS, compress_type=zipfile.ZIP_STORED)
+        archive.write(folder / META, META, compress_type=zipfile.ZIP_DEFLATED)
+    return path
+
+
+def get(*, session: Session, model_id: str, principal: Principal) -> Model:
+    """The model with this id, or NotFound (also when it belongs to another owner)."""
     model = session.get(Model, model_id)
-    if model is None:
+    if model is None or not can_see(principal, model.owner):
         raise NotFound(f"no model with id '{model_id}'; GET /models lists them")
     return model
 
 
-def list_(*, session: Session, limit: int, offset: int) -> tuple[list[Model], int]:
-    """A page of models, newest first."""
-    total = session.scalar(select(func.count()).select_from(Model))
-    rows = session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id).limit(limit)
+def list_(*, session: Session, principal: Principal, limit: int, offset: int) -> tuple[list[Model], int]:
+    """A page of the caller's models (every one for an admin), newest first."""
+    query = visible(select(Model), Model, principal)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(Model.created_at.desc(), Model.id).limit(limit)
                            .offset(offset)).all()
     return list(rows), int(total or 0)
 

@@ -36,9 +36,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-def enqueue(*, session: Session, dataset_id: str, spec: dict[str, Any], task: str) -> Job:
+def enqueue(*, session: Session, owner: str, dataset_id: str, spec: dict[str, Any], task: str) -> Job:
     """Add a queued job for a validated spec."""
-    job = Job(id=new_id("job"), dataset_id=dataset_id, spec=spec, task=task, status=JobStatus.QUEUED,
+    job = Job(id=new_id("job"), owner=owner, dataset_id=dataset_id, spec=spec, task=task, status=JobStatus.QUEUED,
               device_request=spec.get("device", "auto"), epochs=spec["training"]["epochs"], epoch=0,
               attempts=0, cancel_requested=False)
     session.add(job)
@@ -125,8 +125,9 @@ def _terminal(status: JobStatus, **values: Any) -> dict[str, Any]:
 
 
 def succeed(*, session: Session, job_id: str, token: str, model: Model, result: dict[str, Any]) -> None:
-    """running → succeeded, storing the model row in the same transaction."""
+    """running → succeeded, storing the model row (owned by the job's owner) in the same transaction."""
     _guarded(session, job_id, token, **_terminal(JobStatus.SUCCEEDED, model_id=model.id, result=result))
+    model.owner = session.scalar(select(Job.owner).where(Job.id == job_id))
     session.add(model)
     session.flush()
 

@@ -21,10 +21,31 @@ class JobStatus(StrEnum):
 TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+# Rows that existed before owners did belong to the owner of the bootstrapped admin key.
+ADMIN_OWNER = "admin"
+
+
+class ApiKey(Base):
+    """A bearer key. Only its SHA-256 is stored; the owner is the key's name, so a new key with the same
+    name (a rotation) reaches the same data sets, jobs and models."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to tell keys apart in lists
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=ADMIN_OWNER)
     name: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(16))
     n_rows: Mapped[int] = mapped_column(BigInteger)
@@ -40,6 +61,7 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=ADMIN_OWNER)
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     task: Mapped[str] = mapped_column(String(32))
@@ -80,6 +102,7 @@ class Model(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=ADMIN_OWNER)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     dataset_id: Mapped[str | None] = mapped_column(String(32))
     model_type: Mapped[str] = mapped_column(String(32))

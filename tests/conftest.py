@@ -64,13 +64,31 @@ def migrated(settings: Settings) -> Settings:
     return settings
 
 
+def make_key(settings: Settings, name: str, admin: bool = False) -> str:
+    """A new API key in the settings' database (what `mlps keys create` does)."""
+    from service.auth import create_key
+    from service.db import make_engine, make_sessionmaker, session_scope
+
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            return create_key(session, name=name, admin=admin)[1]
+    finally:
+        engine.dispose()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.fixture
 def client(migrated: Settings):
+    """The API in-process over a real migrated database, sending an admin key."""
     from fastapi.testclient import TestClient
 
     from service.api import create_app
 
-    with TestClient(create_app(migrated)) as c:
+    with TestClient(create_app(migrated), headers=bearer(make_key(migrated, "admin", admin=True))) as c:
         yield c
 
 

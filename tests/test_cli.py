@@ -10,18 +10,20 @@ from typer.testing import CliRunner
 from service.cli import app
 from tests.conftest import dataset_path
 from tests.e2e.conftest import free_port
-from tests.live import IRIS_RECORDS, iris_job, live_url  # noqa: F401 (fixtures)
+from tests.live import IRIS_RECORDS, iris_job, live_data_dir, live_url  # noqa: F401 (fixtures)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def mlps(live_url):  # noqa: F811
-    """Run `mlps ARGS...` in-process with MLPS_URL pointing at the live server; answers the click Result."""
+    """Run `mlps ARGS...` in-process with MLPS_URL pointing at the live server and MLPS_DATA_DIR at its data dir
+    (where the CLI finds the admin key, as beside `mlps serve`); answers the click Result."""
     runner = CliRunner()
 
     def invoke(*args: str, env: dict[str, str] | None = None):
-        return runner.invoke(app, list(args), env={"MLPS_URL": live_url, "COLUMNS": "200", **(env or {})})
+        return runner.invoke(app, list(args), env={"MLPS_URL": live_url, "MLPS_DATA_DIR": live_data_dir(),
+                                                   "MLPS_API_KEY": None, "COLUMNS": "200", **(env or {})})
 
     return invoke
 

@@ -7,12 +7,12 @@ import pytest
 from service.client import ApiError, Client, JobEvent, ServerUnreachable, parse_sse
 from tests.conftest import dataset_path
 from tests.e2e.conftest import free_port
-from tests.live import IRIS_RECORDS, SHORT_TRAINING, iris_job, live_url  # noqa: F401 (fixtures)
+from tests.live import IRIS_RECORDS, SHORT_TRAINING, iris_job, live_key, live_url  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
 def mlps(live_url):  # noqa: F811
-    with Client(live_url, timeout=30) as client:
+    with Client(live_url, api_key=live_key(), timeout=30) as client:
         yield client
 
 

@@ -28,8 +28,8 @@ def sessions(migrated):
 
 def enqueue(sessions, n=1, device="auto") -> list[str]:
     with session_scope(sessions) as s:
-        return [queue.enqueue(session=s, dataset_id="ds_00000000000000aa", spec={**SPEC, "device": device},
-                              task="classification").id for _ in range(n)]
+        return [queue.enqueue(session=s, owner="admin", dataset_id="ds_00000000000000aa",
+                              spec={**SPEC, "device": device}, task="classification").id for _ in range(n)]
 
 
 def claim(sessions, worker="w1", requests=("auto", "cpu")):

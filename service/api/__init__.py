@@ -2,10 +2,12 @@
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 import service
 from service.api import datasets, events, jobs, models, ops, scoring, system, workers
+from service.api.deps import get_principal
+from service.auth import RateLimiter
 from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker, require_schema_at_head
 from service.errors import install_error_handlers
@@ -35,8 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.storage = Storage(settings.data_dir)
     app.state.model_cache = ModelCache(app.state.storage, settings.model_cache_size)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     install_error_handlers(app)
     ops.install(app)
-    for module in (system, datasets, jobs, models, events, scoring, ops, workers):
-        app.include_router(module.router)
+    app.include_router(system.router)  # /healthz and /readyz: the only routes without a key
+    for module in (datasets, jobs, models, events, scoring, ops, workers):
+        app.include_router(module.router, dependencies=[Depends(get_principal)])
     return app

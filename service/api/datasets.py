@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service import datasets
-from service.api.deps import DatasetDep, LimitDep, OffsetDep, SessionDep, SettingsDep, StorageDep
+from service.api.deps import DatasetDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep, StorageDep
 from service.schemas import DatasetPreview, DatasetRead, Page
 from service.training.data import preview
 from service.uploads import multipart_body, receive_file
@@ -20,7 +20,8 @@ UPLOAD_BODY = multipart_body(
 
 @router.post("", status_code=201, response_model=DatasetRead, openapi_extra=UPLOAD_BODY,
              summary="Upload a data set (multipart field 'file')")
-async def upload_dataset(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep):
+async def upload_dataset(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep,
+                         principal: PrincipalDep):
     storage.ensure()
     raw = storage.temp_path(".upload")
     try:
@@ -28,14 +29,15 @@ async def upload_dataset(request: Request, session: SessionDep, storage: Storage
         name = datasets.clean_name(upload.fields.get("name") or upload.filename, "upload")
         return await run_in_threadpool(
             datasets.create, session=session, storage=storage, upload_path=raw, name=name,
-            size_bytes=upload.size, sha256=upload.sha256, max_columns=settings.max_columns)
+            size_bytes=upload.size, sha256=upload.sha256, owner=principal.owner,
+            max_columns=settings.max_columns, max_rows=settings.max_rows)
     finally:
         raw.unlink(missing_ok=True)
 
 
 @router.get("", response_model=Page[DatasetRead], summary="List data sets, newest first")
-def list_datasets(session: SessionDep, limit: LimitDep = 50, offset: OffsetDep = 0):
-    items, total = datasets.list_(session=session, limit=limit, offset=offset)
+def list_datasets(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50, offset: OffsetDep = 0):
+    items, total = datasets.list_(session=session, principal=principal, limit=limit, offset=offset)
     return Page[DatasetRead](items=items, total=total, limit=limit, offset=offset)
 
 

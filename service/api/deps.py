@@ -4,9 +4,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service import datasets, jobs, predict
+from service import auth, datasets, jobs, predict
+from service.auth import Principal
 from service.config import Settings
 from service.predict import ModelCache
 from service.storage import Storage
@@ -51,20 +53,42 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 # scope="function": commit before the response is sent, so a client that got 201/202 reads what it wrote.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+# Documents the scheme in OpenAPI; the check itself is ours, so that every failure is the same 401.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `mlps keys create --name NAME` prints one")
+
+
+def get_principal(request: Request, session: SessionDep,
+                  _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    """The caller's key (401 without a valid one), rate-limited per key (429 with Retry-After)."""
+    principal = auth.authenticate(session, request.headers.get("authorization"))
+    request.app.state.rate_limiter.check(principal.key_id)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.admin:
+        raise auth.Forbidden("this needs an admin key")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
 LimitDep = Annotated[int, Query(ge=1, le=500, description="Page size")]
 OffsetDep = Annotated[int, Query(ge=0, le=10**9, description="Items to skip")]
 
 
-def dataset_or_404(dataset_id: str, session: SessionDep) -> Dataset:
-    return datasets.get(session=session, dataset_id=dataset_id)
+def dataset_or_404(dataset_id: str, session: SessionDep, principal: PrincipalDep) -> Dataset:
+    return datasets.get(session=session, dataset_id=dataset_id, principal=principal)
 
 
-def job_or_404(job_id: str, session: SessionDep) -> Job:
-    return jobs.get(session=session, job_id=job_id)
+def job_or_404(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job:
+    return jobs.get(session=session, job_id=job_id, principal=principal)
 
 
-def model_or_404(model_id: str, session: SessionDep) -> Model:
-    return predict.get(session=session, model_id=model_id)
+def model_or_404(model_id: str, session: SessionDep, principal: PrincipalDep) -> Model:
+    return predict.get(session=session, model_id=model_id, principal=principal)
 
 
 DatasetDep = Annotated[Dataset, Depends(dataset_or_404)]

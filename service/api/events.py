@@ -28,6 +28,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs
+from service.api.deps import PrincipalDep
+from service.auth import Principal
 from service.errors import InvalidInput
 from service.tables import TERMINAL_STATUSES, EpochMetric, JobStatus
 
@@ -83,10 +85,10 @@ class Snapshot:
     events: list[JobEvent]
 
 
-def read_snapshot(sessions: sessionmaker[Session], job_id: str, epoch_floor: int = 0) -> Snapshot:
+def read_snapshot(sessions: sessionmaker[Session], job_id: str, principal: Principal, epoch_floor: int = 0) -> Snapshot:
     """The job's events (in order) from one read transaction; epochs only past `epoch_floor`."""
     with sessions() as session, session.begin():
-        job = jobs.get(session=session, job_id=job_id)
+        job = jobs.get(session=session, job_id=job_id, principal=principal)
         view = jobs.to_read(job).model_dump(mode="json")
         attempt = job.attempts
         status = str(job.status)
@@ -113,7 +115,7 @@ def read_snapshot(sessions: sessionmaker[Session], job_id: str, epoch_floor: int
         return Snapshot(status=status, events=[*epoch_events, status_event])
 
 
-async def job_event_stream(request: Request, job_id: str, after: EventId | None):
+async def job_event_stream(request: Request, job_id: str, after: EventId | None, principal: Principal):
     """Poll the database and yield every new event; stop after the final status or when the client leaves."""
     sessions = request.app.state.sessions
     poll_s = getattr(request.app.state, "events_poll_interval_s", POLL_INTERVAL_S)
@@ -124,7 +126,7 @@ async def job_event_stream(request: Request, job_id: str, after: EventId | None)
     seen_status: str | None = None
     last_write = time.monotonic()
     while True:
-        snapshot = await run_in_threadpool(read_snapshot, sessions, job_id, epoch_floor)
+        snapshot = await run_in_threadpool(read_snapshot, sessions, job_id, principal, epoch_floor)
         for event in snapshot.events:
             if last_sent is None or event.id > last_sent:
                 yield event.encode()
@@ -154,7 +156,7 @@ async def job_event_stream(request: Request, job_id: str, after: EventId | None)
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "Events `status` (data: the job) and `epoch` (data: job_id, epoch, epochs, "
                                     "metrics), each with an id; ends after the final status"}})
-async def job_events(request: Request, job_id: str,
+async def job_events(request: Request, job_id: str, principal: PrincipalDep,
                      last_event_id: str | None = Header(default=None, alias="Last-Event-ID",
                                                         description="Resume after this event id")):
     """Stream a job's status changes and epochs as Server-Sent Events until it ends."""
@@ -162,8 +164,8 @@ async def job_events(request: Request, job_id: str,
 
     def exists() -> None:
         with request.app.state.sessions() as session:
-            jobs.get(session=session, job_id=job_id)
+            jobs.get(session=session, job_id=job_id, principal=principal)
 
     await run_in_threadpool(exists)  # 404 problem before the stream starts
-    return StreamingResponse(job_event_stream(request, job_id, after), media_type="text/event-stream",
+    return StreamingResponse(job_event_stream(request, job_id, after, principal), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

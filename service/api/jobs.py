@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Query, Response
 
 from service import jobs, queue
-from service.api.deps import JobDep, LimitDep, OffsetDep, SessionDep
+from service.api.deps import JobDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep
 from service.schemas import EpochMetricsRead, JobCreate, JobMetrics, JobRead, Page
 from service.tables import JobStatus
 
@@ -11,17 +11,19 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=202, response_model=JobRead, summary="Submit a training job")
-def submit_job(spec: JobCreate, session: SessionDep, response: Response):
-    job = jobs.submit(session=session, spec=spec)
+def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
+               response: Response):
+    job = jobs.submit(session=session, spec=spec, principal=principal, settings=settings)
     response.headers["Location"] = f"/jobs/{job.id}"
     return jobs.to_read(job)
 
 
 @router.get("", response_model=Page[JobRead], summary="List jobs, newest first")
-def list_jobs(session: SessionDep, status: JobStatus | None = Query(default=None),
+def list_jobs(session: SessionDep, principal: PrincipalDep, status: JobStatus | None = Query(default=None),
               dataset_id: str | None = Query(default=None, max_length=64),
               limit: LimitDep = 50, offset: OffsetDep = 0):
-    items, total = jobs.list_(session=session, status=status, dataset_id=dataset_id, limit=limit, offset=offset)
+    items, total = jobs.list_(session=session, principal=principal, status=status, dataset_id=dataset_id,
+                              limit=limit, offset=offset)
     return Page[JobRead](items=[jobs.to_read(j) for j in items], total=total, limit=limit, offset=offset)
 
 

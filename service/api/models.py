@@ -1,17 +1,29 @@
 """/models and /predict"""
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from service import predict
-from service.api.deps import LimitDep, ModelCacheDep, ModelDep, OffsetDep, SessionDep, SettingsDep
+from service.api.deps import (
+    LimitDep,
+    ModelCacheDep,
+    ModelDep,
+    OffsetDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+)
 from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=Page[ModelRead], summary="List trained models, newest first")
-def list_models(session: SessionDep, limit: LimitDep = 50, offset: OffsetDep = 0):
-    items, total = predict.list_(session=session, limit=limit, offset=offset)
+def list_models(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50, offset: OffsetDep = 0):
+    items, total = predict.list_(session=session, principal=principal, limit=limit, offset=offset)
     return Page[ModelRead](items=items, total=total, limit=limit, offset=offset)
 
 
@@ -20,9 +32,21 @@ def show_model(model: ModelDep):
     return model
 
 
+@router.get("/models/{model_id}/download", response_class=FileResponse,
+            summary="The model as a zip: weights.safetensors and model.json (no pickle)",
+            responses={200: {"content": {"application/zip": {}},
+                             "description": "weights.safetensors (the state dict) and model.json (architecture, "
+                                            "preprocessing, labels, metrics)"}})
+async def download_model(model: ModelDep, storage: StorageDep):
+    path = await run_in_threadpool(predict.package, storage, model)
+    return FileResponse(path, media_type="application/zip", filename=f"{model.id}.zip",
+                        background=BackgroundTask(path.unlink, missing_ok=True))
+
+
 @router.post("/predict", response_model=PredictResponse, summary="Predict for records keyed by column name")
-def predict_records(body: PredictRequest, session: SessionDep, cache: ModelCacheDep, settings: SettingsDep):
-    model = predict.get(session=session, model_id=body.model_id)
+def predict_records(body: PredictRequest, session: SessionDep, principal: PrincipalDep, cache: ModelCacheDep,
+                    settings: SettingsDep):
+    model = predict.get(session=session, model_id=body.model_id, principal=principal)
     return predict.predict(cache=cache, model=model, records=body.records, inputs=body.inputs,
                            max_records=settings.max_predict_records)
 

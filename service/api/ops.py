@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.deps import require_admin
 from service.config import Settings
 from service.db import utcnow
 from service.fleet import liveness_window_s
@@ -160,8 +161,8 @@ def install(app: FastAPI) -> None:
     app.add_middleware(PredictLatencyMiddleware, histogram=latency)
 
 
-@router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, workers, durations, latency",
-            responses={200: {"content": {"text/plain": {}}}})
+@router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, workers, durations, latency "
+            "(admin key)", responses={200: {"content": {"text/plain": {}}}}, dependencies=[Depends(require_admin)])
 async def prometheus_metrics(request: Request) -> Response:
     """The app's registry in the exposition format the scraper asks for (Prometheus text by default)."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))

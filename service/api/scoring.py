@@ -26,6 +26,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from service import predict
+from service.api.deps import PrincipalDep
 from service.errors import InvalidInput
 from service.predict import ModelCache
 from service.tables import Model
@@ -227,13 +228,13 @@ def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, I
              responses={200: {"content": {"text/csv": {}},
                               "description": "The input columns, then 'prediction' and, for classifiers, "
                                              "'p_<label>' per class"}})
-async def score_file(model_id: str, request: Request):
+async def score_file(model_id: str, request: Request, principal: PrincipalDep):
     """Receive a file, check it against the model, and stream its rows back with predictions as CSV."""
     state = request.app.state
 
     def lookup() -> Model:
         with state.sessions() as session:
-            return predict.get(session=session, model_id=model_id)
+            return predict.get(session=session, model_id=model_id, principal=principal)
 
     model = await run_in_threadpool(lookup)
     state.storage.ensure()

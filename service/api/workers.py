@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from service import fleet
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import PrincipalDep, SessionDep, SettingsDep
 
 router = APIRouter(tags=["workers"])
 
@@ -29,8 +29,8 @@ class WorkerList(BaseModel):
 
 
 @router.get("/workers", response_model=WorkerList, summary="Live workers, their devices and running jobs")
-def list_workers(session: SessionDep, settings: SettingsDep,
+def list_workers(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
                  include_stopped: bool = Query(default=False, description="Also list stopped or silent workers")):
-    items = fleet.list_workers(session=session, stale_after_s=fleet.liveness_window_s(settings.heartbeat_s),
-                               include_stopped=include_stopped)
+    items = fleet.list_workers(session=session, principal=principal, include_stopped=include_stopped,
+                               stale_after_s=fleet.liveness_window_s(settings.heartbeat_s))
     return WorkerList(items=items)

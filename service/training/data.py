@@ -126,7 +126,7 @@ def _csv_batches(path: Path, delimiter: str, column_types: dict[str, pa.DataType
     return reader.schema.names, reader
 
 
-def _write_batches(names: list[str], batches, dest: Path, max_columns: int) -> int:
+def _write_batches(names: list[str], batches, dest: Path, max_columns: int, max_rows: int | None) -> int:
     _check_names(names, max_columns)
     writer = None
     n_rows = 0
@@ -137,22 +137,24 @@ def _write_batches(names: list[str], batches, dest: Path, max_columns: int) -> i
                 writer = pq.ParquetWriter(dest, batch.schema, compression="zstd")
             elif batch.schema != writer.schema:
                 batch = batch.cast(writer.schema)
-            writer.write_batch(batch)
             n_rows += batch.num_rows
+            if max_rows is not None and n_rows > max_rows:
+                raise DataError(f"the file has more than {max_rows:,} rows, the most this server accepts")
+            writer.write_batch(batch)
     finally:
         if writer is not None:
             writer.close()
     return n_rows
 
 
-def _write_csv(path: Path, delimiter: str, dest: Path, max_columns: int) -> int:
+def _write_csv(path: Path, delimiter: str, dest: Path, max_columns: int, max_rows: int | None) -> int:
     # pyarrow infers a column's type from the first block; a later value that does not fit
     # (e.g. "x" in an int column) is retried with a wider type for that column: int → float → string.
     column_types: dict[str, pa.DataType] = {}
     for _ in range(2 * max_columns + 2):
         try:
             names, reader = _csv_batches(path, delimiter, column_types)
-            return _write_batches(names, reader, dest, max_columns)
+            return _write_batches(names, reader, dest, max_columns, max_rows)
         except pa.ArrowInvalid as exc:
             msg = str(exc)
             m = _CONVERSION.search(msg)
@@ -171,11 +173,11 @@ def _write_csv(path: Path, delimiter: str, dest: Path, max_columns: int) -> int:
     raise DataError("the file's column types could not be determined")
 
 
-def _write_parquet(path: Path, dest: Path, max_columns: int) -> int:
+def _write_parquet(path: Path, dest: Path, max_columns: int, max_rows: int | None) -> int:
     try:
         src = pq.ParquetFile(path)
         names = src.schema_arrow.names
-        return _write_batches(names, src.iter_batches(batch_size=65536), dest, max_columns)
+        return _write_batches(names, src.iter_batches(batch_size=65536), dest, max_columns, max_rows)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"the file looks like Parquet but could not be read: {exc}") from None
 
@@ -223,16 +225,16 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def ingest(src: Path, dest: Path, *, max_columns: int) -> IngestResult:
+def ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None = None) -> IngestResult:
     """Parse an uploaded file, write it to `dest` as Parquet, and describe its columns."""
     fmt, delimiter = sniff_format(src)
     if fmt == "npz":
-        return ingest_arrays(src, dest.with_suffix(".npz"))
+        return ingest_arrays(src, dest.with_suffix(".npz"), max_rows=max_rows)
     try:
         if fmt == "parquet":
-            n_rows = _write_parquet(src, dest, max_columns)
+            n_rows = _write_parquet(src, dest, max_columns, max_rows)
         else:
-            n_rows = _write_csv(src, delimiter, dest, max_columns)
+            n_rows = _write_csv(src, delimiter, dest, max_columns, max_rows)
         if n_rows == 0:
             raise DataError("the file has a header but no data rows")
         table = pq.ParquetFile(dest)
@@ -248,7 +250,7 @@ def ingest(src: Path, dest: Path, *, max_columns: int) -> IngestResult:
 ARRAY_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bool")
 
 
-def ingest_arrays(src: Path, dest: Path) -> IngestResult:
+def ingest_arrays(src: Path, dest: Path, *, max_rows: int | None = None) -> IngestResult:
     """An .npz with `X` ([N, C, H, W], [N, H, W] or [N, D]) and optionally `y` ([N]); stored again as .npz.
 
     Loaded with allow_pickle=False: object arrays (which would need unpickling) are refused.
@@ -270,6 +272,8 @@ def ingest_arrays(src: Path, dest: Path) -> IngestResult:
     if X.ndim < 2 or X.ndim > 4 or X.shape[0] == 0 or 0 in X.shape:
         raise DataError(f"'X' must be shaped [N, D], [N, H, W] or [N, C, H, W] with N > 0; got {list(X.shape)}",
                         column="X")
+    if max_rows is not None and X.shape[0] > max_rows:
+        raise DataError(f"'X' has {X.shape[0]:,} rows; at most {max_rows:,} are accepted", column="X")
     if str(X.dtype) not in ARRAY_DTYPES:
         raise DataError(f"'X' has dtype {X.dtype}; numeric arrays only", column="X")
     if X.dtype.kind == "f" and not np.isfinite(X).all():

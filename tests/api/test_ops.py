@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import create_app
 from service.api.ops import PredictLatencyMiddleware, predict_endpoint
-from tests.conftest import upload
+from tests.conftest import bearer, make_key, upload
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:
@@ -18,7 +18,9 @@ def samples(client) -> dict[tuple[str, tuple], float]:
 
 
 def test_each_app_has_its_own_registry(migrated):
-    with TestClient(create_app(migrated)) as one, TestClient(create_app(migrated)) as two:
+    headers = bearer(make_key(migrated, "admin", admin=True))
+    with TestClient(create_app(migrated), headers=headers) as one, \
+            TestClient(create_app(migrated), headers=headers) as two:
         assert one.app.state.metrics_registry is not two.app.state.metrics_registry
         one.post("/predict", json={"model_id": "mdl_0000000000000000", "records": [{}]})
         key = ("mlps_predict_latency_seconds_count", (("endpoint", "/predict"), ("status", "404")))

@@ -20,6 +20,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def admin_key(data_dir: Path) -> str:
+    """The admin key `mlps serve` / `mlps api` wrote on first start."""
+    return (data_dir / "admin.key").read_text().strip()
+
+
+def admin_headers(data_dir: Path) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_key(data_dir)}"}
+
+
 class Stack:
     """Processes of one deployment sharing a data dir and a database; start, stop and kill them by name."""
 
@@ -82,14 +91,16 @@ class Stack:
 @contextmanager
 def running(*commands: list[str], data_dir: Path, port: int, database_url: str | None = None,
             env: dict[str, str] | None = None):
-    """Start the commands (the first serves HTTP on `port`), wait for /readyz, yield an HTTP client."""
+    """Start the commands (the first serves HTTP on `port`), wait for /readyz, yield an HTTP client that sends
+    the admin key."""
     stack = Stack(data_dir, database_url, env)
     try:
         for i, cmd in enumerate(commands):
             stack.start(f"p{i}", *cmd)
         url = f"http://127.0.0.1:{port}"
         stack.wait_ready(url)
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30, headers=admin_headers(data_dir)) as client:
+            client.data_dir = data_dir  # where the server keeps admin.key, for commands run beside it
             yield client
     finally:
         stack.stop_all()

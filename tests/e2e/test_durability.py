@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from tests.conftest import dataset_path
-from tests.e2e.conftest import Stack, free_port
+from tests.e2e.conftest import Stack, admin_headers, free_port
 from tests.helpers import wait_for
 
 BOTH_DATABASES = True
@@ -20,7 +20,7 @@ def stack(tmp_path, database):
     s.port = free_port()
     s.start("api", "api", "--port", str(s.port))
     s.wait_ready(f"http://127.0.0.1:{s.port}")
-    s.http = httpx.Client(base_url=f"http://127.0.0.1:{s.port}", timeout=30)
+    s.http = httpx.Client(base_url=f"http://127.0.0.1:{s.port}", timeout=30, headers=admin_headers(s.data_dir))
     yield s
     s.http.close()
     s.stop_all()

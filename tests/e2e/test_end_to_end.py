@@ -150,7 +150,8 @@ def test_readme_walkthrough_script(server):
     from tests.conftest import ROOT
 
     out = subprocess.run(["bash", str(ROOT / "examples" / "quickstart.sh"), str(dataset_path("iris.csv"))],
-                         env={**os.environ, "MLPS_URL": str(server.base_url).rstrip("/")},
+                         env={**os.environ, "MLPS_URL": str(server.base_url).rstrip("/"),
+                              "MLPS_DATA_DIR": str(server.data_dir)},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert '"predictions":["Iris-setosa"]' in out.stdout

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.conftest import dataset_path
+from tests.conftest import bearer, dataset_path, make_key
 from tests.e2e.conftest import free_port
 from tests.helpers import wait_for
 
@@ -133,7 +133,8 @@ def api_without_workers(migrated):
     thread = threading.Thread(target=uvi.run, daemon=True)
     thread.start()
     wait_for(lambda: uvi.started, timeout=30, what="uvicorn to start")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    headers = bearer(make_key(migrated, "admin", admin=True))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers) as client:
         yield client
     uvi.should_exit = True
     thread.join(30)

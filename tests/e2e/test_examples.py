@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(server, name: str, *args: str) -> str:
-    env = {**os.environ, "MLPS_URL": str(server.base_url).rstrip("/")}
+    env = {**os.environ, "MLPS_URL": str(server.base_url).rstrip("/"), "MLPS_DATA_DIR": str(server.data_dir)}
     done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"

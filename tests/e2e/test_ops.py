@@ -2,6 +2,7 @@
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.conftest import admin_key
 from tests.helpers import wait_for
 from tests.live import IRIS_RECORDS, trained_iris_job
 
@@ -16,7 +17,7 @@ def scrape(server) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_report_jobs_queue_workers_durations_and_epoch_rate(server):
-    iris = trained_iris_job(str(server.base_url))
+    iris = trained_iris_job(str(server.base_url), admin_key(server.data_dir))
     job = server.post("/jobs", json={"dataset_id": iris["dataset_id"], "target": "species",
                                      "training": {"epochs": 3, "seed": 7}}).json()
     wait_for(lambda: server.get(f"/jobs/{job['id']}").json()["status"] == "succeeded", timeout=120,
@@ -40,7 +41,7 @@ def test_metrics_report_jobs_queue_workers_durations_and_epoch_rate(server):
 
 
 def test_predict_latency_is_observed_per_endpoint_and_status(server):
-    model_id = trained_iris_job(str(server.base_url))["model_id"]
+    model_id = trained_iris_job(str(server.base_url), admin_key(server.data_dir))["model_id"]
 
     def count(endpoint: str, status: str) -> float:
         key = ("mlps_predict_latency_seconds_count", (("endpoint", endpoint), ("status", status)))

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import dataset_path
+from tests.e2e.conftest import admin_key
 from tests.live import trained_iris_job
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -18,7 +19,7 @@ LABELS = ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
 
 @pytest.fixture(scope="module")
 def model_id(server) -> str:
-    return trained_iris_job(str(server.base_url))["model_id"]
+    return trained_iris_job(str(server.base_url), admin_key(server.data_dir))["model_id"]
 
 
 def score(server, model_id: str, content: bytes, filename: str = "rows.csv"):

@@ -17,10 +17,11 @@ from tests.e2e.conftest import free_port, running
 from tests.helpers import wait_for
 
 SEED = 20251126
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 15
 CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conformance",
           "response_headers_conformance", "response_schema_conformance")
 RUN_TIMEOUT_S = 420
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
 def _toml(value) -> str:
@@ -32,9 +33,24 @@ def _toml(value) -> str:
     return json.dumps(value)
 
 
-def fuzz_config(*, headers: dict[str, str], ids: dict[str, str], doomed_dataset: str) -> str:
-    """schemathesis.toml: fixed seed, bounded examples, real ids bound to the path and body parameters."""
-    real = {name: {"dictionary": name, "probability": 0.5} for name in ids}
+def fuzz_config(*, headers: dict[str, str], ids: dict[str, list[str]], per_operation: dict[str, dict[str, list[str]]]
+                ) -> str:
+    """schemathesis.toml: fixed seed, bounded examples, real ids drawn half of the time for the named parameters.
+
+    `ids` binds parameters of every operation ("path.job_id": [...]), `per_operation` those of one operation.
+    """
+
+    def bindings(params: dict[str, list[str]], prefix: str) -> tuple[list[str], dict[str, dict]]:
+        tables = [f"[dictionaries.{prefix}{i}]\nvalues = {_toml(values)}" for i, values in enumerate(params.values())]
+        bound = {param: {"dictionary": f"{prefix}{i}", "probability": 0.5} for i, param in enumerate(params)}
+        return tables, bound
+
+    tables, bound = bindings(ids, "ids")
+    operations = []
+    for n, (name, params) in enumerate(per_operation.items()):
+        op_tables, op_bound = bindings(params, f"op{n}_")
+        tables += op_tables
+        operations += ["[[operations]]", f"include-name = {_toml(name)}", f"parameters = {_toml(op_bound)}"]
     lines = [
         f"seed = {SEED}",
         # Bounds every request, the event stream included, so that nothing can hang the run.
@@ -46,23 +62,22 @@ def fuzz_config(*, headers: dict[str, str], ids: dict[str, str], doomed_dataset:
         f"max-examples = {EXAMPLES_PER_OPERATION}",
         "deterministic = true",
         'database = "none"',
-        # The stateful phase chains calls along inferred links and could submit jobs of any size to the worker;
-        # the ids it would follow are bound below instead.
+        # Every request carries the key above; the fuzzer does not make up credentials of its own.
+        "with-security-parameters = false",
+        # The stateful phase chains calls along inferred links, which could submit jobs of any size to the one
+        # worker; the ids it would follow are bound below instead.
         "[phases.stateful]",
         "enabled = false",
+        # Nor do the other phases reuse ids from earlier responses: the run stays the same from one time to the
+        # next, the bound data set is never deleted, and no job spec the fuzzer makes up reaches a real data set
+        # (specs may ask for networks far too large for a test machine's memory).
+        *(f"[phases.{phase}]\nextra-data-sources.responses = false" for phase in ("examples", "coverage", "fuzzing")),
         "[checks]",
         *(f"{check}.enabled = true" for check in CHECKS),
-        *(f"[dictionaries.{name}]\nvalues = [{json.dumps(value)}]" for name, value in ids.items()),
-        "[dictionaries.doomed]",
-        f"values = [{json.dumps(doomed_dataset)}]",
+        *tables,
         "[parameters]",
-        *(f'"path.{name}" = {_toml(binding)}' for name, binding in real.items()),
-        # /predict names its model in the body.
-        f'"body.model_id" = {_toml(real["model_id"])}',
-        # Deleting the shared data set would turn every later request for it into a 404; this one may go.
-        "[[operations]]",
-        'include-name = "DELETE /datasets/{dataset_id}"',
-        f'parameters = {_toml({"path.dataset_id": {"dictionary": "doomed", "probability": 0.5}})}',
+        *(f"{_toml(param)} = {_toml(binding)}" for param, binding in bound.items()),
+        *operations,
     ]
     return "\n".join(lines) + "\n"
 
@@ -74,12 +89,13 @@ def upload(client, name: str) -> str:
     return resp.json()["id"]
 
 
-def trained_job(client, dataset_id: str) -> dict:
-    spec = {"dataset_id": dataset_id, "target": "species", "model": {"hidden_layers": [4]},
-            "training": {"epochs": 3}}
+def submit(client, spec: dict) -> str:
     resp = client.post("/jobs", json=spec)
     assert resp.status_code == 202, resp.text
-    job_id = resp.json()["id"]
+    return resp.json()["id"]
+
+
+def succeeded(client, job_id: str) -> dict:
     job = wait_for(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] in {"succeeded", "failed"} and j,
                    timeout=120, what=f"job {job_id} to finish")
     assert job["status"] == "succeeded", job["error"]
@@ -94,16 +110,31 @@ def test_live_schema_holds_under_fuzzing(tmp_path: Path):
         key_file = data_dir / "admin.key"
         headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"} if key_file.exists() else {}
         client.headers.update(headers)
-        dataset_id = upload(client, "iris.csv")
-        doomed = upload(client, "xor.csv")
-        job = trained_job(client, dataset_id)
-        ids = {"dataset_id": dataset_id, "job_id": job["id"], "model_id": job["model_id"]}
+        iris = upload(client, "iris.csv")
+        xor = upload(client, "xor.csv")
+        tiny = {"epochs": 3, "validation_fraction": 0.2}
+        classifier = submit(client, {"dataset_id": iris, "target": "species", "model": {"hidden_layers": [4]},
+                                     "training": tiny})
+        autoencoder = submit(client, {"dataset_id": iris, "features": IRIS_FEATURES, "training": tiny,
+                                      "model": {"type": "autoencoder", "hidden_layers": [2]}})
+        jobs = [succeeded(client, classifier), succeeded(client, autoencoder)]
+        # No worker here has a GPU, so these stay queued: one to cancel, one that keeps iris in use throughout.
+        waiting = [submit(client, {"dataset_id": iris, "target": "species", "device": "cuda:0", "training": tiny})
+                   for _ in range(2)]
+        ids = {"path.dataset_id": [iris], "path.job_id": [j["id"] for j in jobs],
+               "path.model_id": [j["model_id"] for j in jobs], "body.model_id": [j["model_id"] for j in jobs]}
+        per_operation = {
+            # xor may go (204 once, then 404); iris may not while the waiting job needs it (409).
+            "DELETE /datasets/{dataset_id}": {"path.dataset_id": [xor, iris]},
+            "POST /jobs/{job_id}/cancel": {"path.job_id": waiting[:1]},
+        }
         config = tmp_path / "schemathesis.toml"
-        config.write_text(fuzz_config(headers=headers, ids=ids, doomed_dataset=doomed))
+        config.write_text(fuzz_config(headers=headers, ids=ids, per_operation=per_operation))
         command = [str(Path(sys.executable).with_name("st")), "--config-file", str(config), "--no-color",
                    "run", f"{url}/openapi.json", "--checks", ",".join(CHECKS)]
         # cwd: reports and caches stay in the temp folder.
         proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    print(proc.stdout[-2000:])  # the run's summary, for -rP
     if proc.returncode != 0:
         # The server's side of any 5xx: its traceback.
         server_log = "".join(log.read_text(errors="replace")[-6000:] for log in tmp_path.glob("mlps-*.log"))

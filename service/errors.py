@@ -32,6 +32,7 @@ class Problem(BaseModel):
 
 PROBLEM_DESCRIPTIONS = {
     400: "The body could not be read (e.g. JSON that is not UTF-8)",
+    401: "Missing or invalid API key (Authorization: Bearer KEY)",
     404: "No such resource",
     409: "Conflicts with the resource's current state",
     413: "Upload larger than the limit",

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.logs import request_id_var
@@ -14,6 +15,40 @@ from service.logs import request_id_var
 log = logging.getLogger("mlps.api")
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """The body of every error response (RFC 9457 problem details, application/problem+json)."""
+
+    type: str = Field(description="The kind of problem, e.g. /problems/not-found", examples=["/problems/invalid-input"])
+    title: str = Field(description="Short summary of the kind of problem", examples=["Invalid input"])
+    status: int = Field(ge=400, le=599, description="The HTTP status code", examples=[422])
+    detail: str = Field(description="What went wrong in this request and what would be accepted")
+    errors: list[dict[str, Any]] = Field(
+        description="One entry per problem found: 'field' (and 'column' or 'record' where it applies) and 'message'",
+        examples=[[{"field": "target", "column": "colour", "message": "not in the data set"}]])
+    request_id: str | None = Field(description="Quote it when reporting an error; also in the x-request-id header")
+
+
+PROBLEM_DESCRIPTIONS = {
+    400: "The body could not be read (e.g. JSON that is not UTF-8)",
+    401: "Missing or invalid API key (Authorization: Bearer KEY)",
+    403: "Needs an admin key",
+    404: "No such resource, or another owner's",
+    409: "Conflicts with the resource's current state",
+    413: "Upload larger than the limit",
+    415: "Not a multipart/form-data upload",
+    422: "Invalid input: parameters, body or uploaded data; names the field or column",
+    429: "Too many requests with this key, or too many queued and running jobs; see Retry-After",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error statuses, each a Problem as application/problem+json."""
+    # Inlined rather than a model reference: FastAPI would document a model under the route's own media type.
+    schema = Problem.model_json_schema()
+    return {status: {"description": PROBLEM_DESCRIPTIONS[status], "content": {PROBLEM_JSON: {"schema": schema}}}
+            for status in statuses}
 
 
 class ServiceError(Exception):
@@ -53,15 +88,9 @@ class UnsupportedMedia(ServiceError):
 
 def problem(status: int, slug: str, title: str, detail: str, request: Request,
             errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {
-        "type": f"/problems/{slug}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "errors": errors or [],
-        "request_id": getattr(request.state, "request_id", None),
-    }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    body = Problem(type=f"/problems/{slug}", title=title, status=status, detail=detail, errors=errors or [],
+                   request_id=getattr(request.state, "request_id", None))
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _loc_to_field(loc: tuple[Any, ...]) -> str:
@@ -104,8 +133,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
         return problem(exc.status_code, slug, title, str(exc.detail), request,
                        headers=getattr(exc, "headers", None))
 

@@ -10,7 +10,7 @@ from service.api.deps import get_principal
 from service.auth import RateLimiter
 from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker, require_schema_at_head
-from service.errors import install_error_handlers
+from service.errors import install_error_handlers, problem_responses
 from service.fleet import Reaper
 from service.predict import ModelCache
 from service.storage import Storage
@@ -42,5 +42,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ops.install(app)
     app.include_router(system.router)  # /healthz and /readyz: the only routes without a key
     for module in (datasets, jobs, models, events, scoring, ops, workers):
-        app.include_router(module.router, dependencies=[Depends(get_principal)])
+        app.include_router(module.router, dependencies=[Depends(get_principal)], responses=problem_responses(401, 429))
     return app

@@ -5,6 +5,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import datasets
 from service.api.deps import DatasetDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep, StorageDep
+from service.errors import problem_responses
 from service.schemas import DatasetPreview, DatasetRead, Page
 from service.training.data import preview
 from service.uploads import multipart_body, receive_file
@@ -19,6 +20,7 @@ UPLOAD_BODY = multipart_body(
 
 
 @router.post("", status_code=201, response_model=DatasetRead, openapi_extra=UPLOAD_BODY,
+             responses=problem_responses(413, 415, 422),
              summary="Upload a data set (multipart field 'file')")
 async def upload_dataset(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep,
                          principal: PrincipalDep):
@@ -35,24 +37,28 @@ async def upload_dataset(request: Request, session: SessionDep, storage: Storage
         raw.unlink(missing_ok=True)
 
 
-@router.get("", response_model=Page[DatasetRead], summary="List data sets, newest first")
+@router.get("", response_model=Page[DatasetRead], responses=problem_responses(422),
+            summary="List data sets, newest first")
 def list_datasets(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50, offset: OffsetDep = 0):
     items, total = datasets.list_(session=session, principal=principal, limit=limit, offset=offset)
     return Page[DatasetRead](items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead, summary="Show a data set and its column schema")
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=problem_responses(404, 422),
+            summary="Show a data set and its column schema")
 def show_dataset(dataset: DatasetDep):
     return dataset
 
 
-@router.get("/{dataset_id}/preview", response_model=DatasetPreview, summary="First rows of a data set")
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview, responses=problem_responses(404, 422),
+            summary="First rows of a data set")
 def preview_dataset(dataset: DatasetDep, storage: StorageDep, settings: SettingsDep, limit: LimitDep = 20):
     rows = preview(storage.dataset_file(dataset.id, dataset.format), min(limit, settings.preview_rows * 50))
     return DatasetPreview(dataset_id=dataset.id, columns=[c["name"] for c in dataset.columns], rows=rows)
 
 
-@router.delete("/{dataset_id}", status_code=204, summary="Delete a data set (409 while a job needs it)")
+@router.delete("/{dataset_id}", status_code=204, responses=problem_responses(404, 409, 422),
+               summary="Delete a data set (409 while a job needs it)")
 def delete_dataset(dataset: DatasetDep, session: SessionDep, storage: StorageDep):
     datasets.delete(session=session, storage=storage, dataset=dataset)
     return Response(status_code=204)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import jobs
 from service.api.deps import PrincipalDep
 from service.auth import Principal
-from service.errors import InvalidInput
+from service.errors import InvalidInput, problem_responses
 from service.tables import TERMINAL_STATUSES, EpochMetric, JobStatus
 
 router = APIRouter(tags=["jobs"])
@@ -155,7 +155,8 @@ async def job_event_stream(request: Request, job_id: str, after: EventId | None,
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "Events `status` (data: the job) and `epoch` (data: job_id, epoch, epochs, "
-                                    "metrics), each with an id; ends after the final status"}})
+                                    "metrics), each with an id; ends after the final status"},
+               **problem_responses(404, 422)})
 async def job_events(request: Request, job_id: str, principal: PrincipalDep,
                      last_event_id: str | None = Header(default=None, alias="Last-Event-ID",
                                                         description="Resume after this event id")):

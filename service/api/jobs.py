@@ -4,13 +4,15 @@ from fastapi import APIRouter, Query, Response
 
 from service import jobs, queue
 from service.api.deps import JobDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep
+from service.errors import problem_responses
 from service.schemas import EpochMetricsRead, JobCreate, JobMetrics, JobRead, Page
 from service.tables import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=JobRead, summary="Submit a training job")
+@router.post("", status_code=202, response_model=JobRead, responses=problem_responses(400, 422),
+             summary="Submit a training job")
 def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
                response: Response):
     job = jobs.submit(session=session, spec=spec, principal=principal, settings=settings)
@@ -18,7 +20,7 @@ def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, se
     return jobs.to_read(job)
 
 
-@router.get("", response_model=Page[JobRead], summary="List jobs, newest first")
+@router.get("", response_model=Page[JobRead], responses=problem_responses(422), summary="List jobs, newest first")
 def list_jobs(session: SessionDep, principal: PrincipalDep, status: JobStatus | None = Query(default=None),
               dataset_id: str | None = Query(default=None, max_length=64),
               limit: LimitDep = 50, offset: OffsetDep = 0):
@@ -27,12 +29,14 @@ def list_jobs(session: SessionDep, principal: PrincipalDep, status: JobStatus | 
     return Page[JobRead](items=[jobs.to_read(j) for j in items], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobRead, summary="Status, progress and latest metrics of a job")
+@router.get("/{job_id}", response_model=JobRead, responses=problem_responses(404, 422),
+            summary="Status, progress and latest metrics of a job")
 def show_job(job: JobDep):
     return jobs.to_read(job)
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetrics, summary="Every epoch's metrics")
+@router.get("/{job_id}/metrics", response_model=JobMetrics, responses=problem_responses(404, 422),
+            summary="Every epoch's metrics")
 def job_metrics(job: JobDep, session: SessionDep):
     rows = jobs.metrics(session=session, job=job)
     result = job.result or {}
@@ -41,6 +45,7 @@ def job_metrics(job: JobDep, session: SessionDep):
                       test=result.get("test"), confusion_matrix=result.get("confusion_matrix"))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead, summary="Cancel a queued or running job")
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead, responses=problem_responses(404, 409, 422),
+             summary="Cancel a queued or running job")
 def cancel_job(job: JobDep, session: SessionDep):
     return jobs.to_read(queue.request_cancel(session=session, job=job))

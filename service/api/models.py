@@ -16,18 +16,21 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
+from service.errors import problem_responses
 from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=Page[ModelRead], summary="List trained models, newest first")
+@router.get("/models", response_model=Page[ModelRead], responses=problem_responses(422),
+            summary="List trained models, newest first")
 def list_models(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50, offset: OffsetDep = 0):
     items, total = predict.list_(session=session, principal=principal, limit=limit, offset=offset)
     return Page[ModelRead](items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/models/{model_id}", response_model=ModelRead, summary="Task, feature schema, labels and metrics")
+@router.get("/models/{model_id}", response_model=ModelRead, responses=problem_responses(404, 422),
+            summary="Task, feature schema, labels and metrics")
 def show_model(model: ModelDep):
     return model
 
@@ -36,14 +39,16 @@ def show_model(model: ModelDep):
             summary="The model as a zip: weights.safetensors and model.json (no pickle)",
             responses={200: {"content": {"application/zip": {}},
                              "description": "weights.safetensors (the state dict) and model.json (architecture, "
-                                            "preprocessing, labels, metrics)"}})
+                                            "preprocessing, labels, metrics)"},
+                       **problem_responses(404, 422)})
 async def download_model(model: ModelDep, storage: StorageDep):
     path = await run_in_threadpool(predict.package, storage, model)
     return FileResponse(path, media_type="application/zip", filename=f"{model.id}.zip",
                         background=BackgroundTask(path.unlink, missing_ok=True))
 
 
-@router.post("/predict", response_model=PredictResponse, summary="Predict for records keyed by column name")
+@router.post("/predict", response_model=PredictResponse, responses=problem_responses(400, 404, 422),
+             summary="Predict for records keyed by column name")
 def predict_records(body: PredictRequest, session: SessionDep, principal: PrincipalDep, cache: ModelCacheDep,
                     settings: SettingsDep):
     model = predict.get(session=session, model_id=body.model_id, principal=principal)
@@ -51,7 +56,8 @@ def predict_records(body: PredictRequest, session: SessionDep, principal: Princi
                            max_records=settings.max_predict_records)
 
 
-@router.post("/models/{model_id}/embed", response_model=EmbedResponse, summary="Autoencoder bottleneck codes")
+@router.post("/models/{model_id}/embed", response_model=EmbedResponse, responses=problem_responses(400, 404, 422),
+             summary="Autoencoder bottleneck codes")
 def embed_records(body: EmbedRequest, model: ModelDep, cache: ModelCacheDep, settings: SettingsDep):
     return predict.embed(cache=cache, model=model, records=body.records, inputs=body.inputs,
                          max_records=settings.max_predict_records)

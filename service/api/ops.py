@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.deps import require_admin
 from service.config import Settings
 from service.db import utcnow
+from service.errors import problem_responses
 from service.fleet import liveness_window_s
 from service.tables import TERMINAL_STATUSES, Dataset, EpochMetric, Job, JobStatus, Model
 from service.tables import Worker as WorkerRow
@@ -162,7 +163,8 @@ def install(app: FastAPI) -> None:
 
 
 @router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, workers, durations, latency "
-            "(admin key)", responses={200: {"content": {"text/plain": {}}}}, dependencies=[Depends(require_admin)])
+            "(admin key)", responses={200: {"content": {"text/plain": {}}}, **problem_responses(403)},
+            dependencies=[Depends(require_admin)])
 async def prometheus_metrics(request: Request) -> Response:
     """The app's registry in the exposition format the scraper asks for (Prometheus text by default)."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))

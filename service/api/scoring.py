@@ -27,7 +27,7 @@ from starlette.background import BackgroundTask
 
 from service import predict
 from service.api.deps import PrincipalDep
-from service.errors import InvalidInput
+from service.errors import InvalidInput, problem_responses
 from service.predict import ModelCache
 from service.tables import Model
 from service.training import data as D
@@ -126,6 +126,9 @@ class BatchReader:
                                    parse_options=pacsv.ParseOptions(delimiter=delimiter)).column_names
         except pa.ArrowInvalid as exc:
             raise _file_error(f"the header row could not be parsed: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise _file_error(f"the header row is not UTF-8 text (invalid byte at offset {exc.start}); save the file "
+                              "as UTF-8 and upload again") from None
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise _file_error(f"column name '{dupes[0]}' appears more than once; column names must be unique",
@@ -227,7 +230,8 @@ def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, I
              summary="Score a CSV or Parquet file (multipart field 'file'); answers CSV with predictions",
              responses={200: {"content": {"text/csv": {}},
                               "description": "The input columns, then 'prediction' and, for classifiers, "
-                                             "'p_<label>' per class"}})
+                                             "'p_<label>' per class"},
+                        **problem_responses(404, 413, 415, 422)})
 async def score_file(model_id: str, request: Request, principal: PrincipalDep):
     """Receive a file, check it against the model, and stream its rows back with predictions as CSV."""
     state = request.app.state

@@ -2,10 +2,16 @@
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.db import SchemaNotReady, require_schema_at_head
 
 router = APIRouter(tags=["system"])
+
+
+class NotReady(BaseModel):
+    status: str
+    detail: str
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -13,7 +19,8 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable and migrated")
+@router.get("/readyz", summary="Readiness: database reachable and migrated",
+            responses={503: {"model": NotReady, "description": "Database unreachable or not migrated"}})
 def readyz(request: Request):
     try:
         require_schema_at_head(request.app.state.engine)

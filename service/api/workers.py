@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from service import fleet
 from service.api.deps import PrincipalDep, SessionDep, SettingsDep
+from service.errors import problem_responses
 
 router = APIRouter(tags=["workers"])
 
@@ -28,7 +29,8 @@ class WorkerList(BaseModel):
     items: list[WorkerRead]
 
 
-@router.get("/workers", response_model=WorkerList, summary="Live workers, their devices and running jobs")
+@router.get("/workers", response_model=WorkerList, responses=problem_responses(422),
+            summary="Live workers, their devices and running jobs")
 def list_workers(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
                  include_stopped: bool = Query(default=False, description="Also list stopped or silent workers")):
     items = fleet.list_workers(session=session, principal=principal, include_stopped=include_stopped,

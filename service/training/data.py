@@ -57,8 +57,9 @@ def sniff_format(path: Path) -> tuple[str, str | None]:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        # A multi-byte character cut by the sniff window is fine; anything earlier is not UTF-8.
-        if exc.start < len(head) - 4:
+        # A multi-byte character cut by the sniff window is fine; anything earlier, or in a file shorter than
+        # the window, is not UTF-8.
+        if exc.start < len(head) - 4 or len(head) < SNIFF_BYTES:
             raise DataError(
                 f"the file is not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8 and upload again"
             ) from None

@@ -102,7 +102,9 @@ def _late_bad_value() -> bytes:
      "petal_width"),
     (b"", "the file is empty", None),
     (b"PK\x03\x04not really an npz", "for arrays send 'inputs' to POST /predict", None),
-], ids=["missing-column", "bad-value", "bad-value-far-down", "header-only", "duplicate-column", "empty", "npz"])
+    (b"b\xeaK", "not UTF-8 text", None),
+], ids=["missing-column", "bad-value", "bad-value-far-down", "header-only", "duplicate-column", "empty", "npz",
+        "short-not-utf8"])
 def test_bad_files_are_422_before_any_row_is_sent(server, model_id, content, fragment, column):
     body = problem(score(server, model_id, content), 422)
     assert fragment in body["detail"]

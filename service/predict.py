@@ -47,7 +47,8 @@ def get(*, session: Session, model_id: str) -> Model:
     """The model with this id, or NotFound."""
     model = session.get(Model, model_id)
     if model is None:
-        raise NotFound(f"no model with id '{model_id}'; GET /models lists them")
+        raise NotFound(f"no model with id '{model_id}'; GET /models lists them",
+                       errors=[{"field": "model_id", "message": "unknown model"}])
     return model
 
 

@@ -99,11 +99,14 @@ async def receive_file(request: Request, dest: Path, *, max_bytes: int) -> Uploa
             parser.write(chunk)
         parser.finalize()
     except ClientDisconnect:
-        raise InvalidInput("the upload was cut off before it finished; send it again") from None
+        raise InvalidInput("the upload was cut off before it finished; send it again",
+                           errors=[{"field": FILE_FIELD, "message": "incomplete multipart body"}]) from None
     except (InvalidInput, PayloadTooLarge):
         raise
-    except Exception as exc:  # the multipart parser's own errors
-        raise InvalidInput(f"the multipart body could not be read: {exc}") from None
+    except Exception as exc:  # the multipart parser's own errors, e.g. a header line over its 4 KiB limit
+        raise InvalidInput(f"the multipart body could not be read: {exc}; send it as `curl -F file=@data.csv` "
+                           "does, with each part header (the file name included) under 4 KiB",
+                           errors=[{"field": FILE_FIELD, "message": f"malformed multipart body: {exc}"}]) from None
     finally:
         out.close()
     if not state["done"]:

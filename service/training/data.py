@@ -22,6 +22,11 @@ DELIMITERS = (",", "\t", ";", "|")
 # An integer target with at most this many distinct values is taken for class labels.
 MAX_CLASSES_FOR_INT_TARGET = 20
 TOP_VALUES = 5
+# A column summary quotes its most frequent values; a longer text is cut, so a 1 MB cell cannot bloat every
+# description and listing of the data set (the stored data keep it whole).
+TOP_VALUE_CHARS = 100
+# Error messages quote a rejected value up to this length.
+QUOTE_CHARS = 60
 
 
 class DataError(ValueError):
@@ -95,6 +100,9 @@ def _normalise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
                   or pa.types.is_string(t)):
             arr = arr.cast(pa.string())
+        if pa.types.is_string(arr.type) and pc.any(pc.match_substring(arr, "\x00")).as_py():
+            raise DataError(f"column '{f.name}' holds a NUL byte (\\0); text values cannot contain NUL bytes: "
+                            "remove them and upload again", column=f.name)
         arrays.append(arr)
         fields.append(pa.field(f.name, arr.type))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
@@ -205,11 +213,23 @@ def summarise_column(name: str, col: pa.ChunkedArray) -> dict[str, Any]:
         if len(counts):
             pairs = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
                                strict=True), key=lambda vc: (-vc[1], str(vc[0])))
-            stats["top"] = [{"value": v, "count": c} for v, c in pairs[:TOP_VALUES]]
+            stats["top"] = [{"value": _shorten(v), "count": c} for v, c in pairs[:TOP_VALUES]]
     info["n_missing"] = int(n_missing)
     info["n_unique"] = int(pc.count_distinct(col.drop_null()).as_py())
     info["stats"] = _finite(stats)
     return info
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > TOP_VALUE_CHARS:
+        return value[:TOP_VALUE_CHARS] + f"… ({len(value)} characters)"
+    return value
+
+
+def _quote(value: Any) -> str:
+    """repr() of a rejected value, cut short: a hostile value is never echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}… ({len(text)} characters)"
 
 
 def _finite(obj: Any) -> Any:
@@ -402,13 +422,19 @@ def fit_target(col: pa.ChunkedArray, task: str) -> dict[str, Any]:
 
 
 def fit_regression_targets(table: pa.Table, names: list[str]) -> dict[str, Any]:
-    """Mean and scale of each regression target, for standardisation."""
+    """Mean and scale of each regression target, for standardisation; a target with nothing to learn is refused."""
     means, scales = [], []
     for name in names:
         values = _numeric(table.column(name))
         finite = values[~np.isnan(values)]
-        std = float(finite.std()) if finite.size else 1.0
-        means.append(float(finite.mean()) if finite.size else 0.0)
+        if finite.size < 2:
+            raise DataError(f"target '{name}' has a value in {finite.size} row(s) only; regression needs at least 2 "
+                            "rows with a target (rows where it is missing or infinite are dropped)", column=name)
+        if finite.min() == finite.max():
+            raise DataError(f"target '{name}' has the same value ({finite[0]:g}) in every row; there is nothing to "
+                            "learn: choose a target that varies", column=name)
+        std = float(finite.std())
+        means.append(float(finite.mean()))
         scales.append(std if std > 1e-12 else 1.0)
     return {"task": "regression", "names": names, "mean": means, "scale": scales}
 
@@ -499,15 +525,27 @@ def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[st
                 if isinstance(v, (dict, list)):
                     raise DataError(f"record {i}: column '{name}' expects a text category, got {type(v).__name__}",
                                     column=name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value",
+                                    column=name)
                 values.append(str(v).lower() if isinstance(v, bool) else str(v))
             elif kind == "boolean":
                 if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
                     values.append(float(v))
                 else:
-                    raise DataError(f"record {i}: column '{name}' expects true or false, got {v!r}", column=name)
+                    raise DataError(f"record {i}: column '{name}' expects true or false, got {_quote(v)}",
+                                    column=name)
             else:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise DataError(f"record {i}: column '{name}' expects a number, got {v!r}", column=name)
-                values.append(float(v))
+                    raise DataError(f"record {i}: column '{name}' expects a number, got {_quote(v)}", column=name)
+                try:
+                    number = float(v)
+                except OverflowError:
+                    raise DataError(f"record {i}: column '{name}' is out of range for a number (a {len(str(v))}-digit "
+                                    "integer); send a value within ±1.8e308", column=name) from None
+                if not math.isfinite(number):
+                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value "
+                                    "(it is filled in as in training)", column=name)
+                values.append(number)
         arrays[name] = pa.array(values, pa.string() if kind == "categorical" else pa.float64())
     return pa.table(arrays) if arrays else pa.table({})

@@ -153,7 +153,24 @@ def _write_batches(names: list[str], batches, dest: Path, max_columns: int) -> i
     return n_rows
 
 
+def _header_fields(path: Path, delimiter: str) -> int | None:
+    """Fields in the header row by a plain count, or None where quotes could hide delimiters."""
+    header = b""
+    with open(path, "rb") as fh:
+        while b"\n" not in header and len(header) < CSV_BLOCK_BYTES:
+            chunk = fh.read(SNIFF_BYTES)
+            if not chunk:
+                break
+            header += chunk
+    header = header.split(b"\n", 1)[0]
+    return None if b'"' in header else header.count(delimiter.encode()) + 1
+
+
 def _write_csv(path: Path, delimiter: str, dest: Path, max_columns: int) -> int:
+    # Count a very wide header before pyarrow builds a reader with a column per field (seconds per 100 000).
+    width = _header_fields(path, delimiter)
+    if width is not None and width > max_columns:
+        raise DataError(f"the file has {width} columns; at most {max_columns} are accepted")
     # pyarrow infers a column's type from the first block; a later value that does not fit
     # (e.g. "x" in an int column) is retried with a wider type for that column: int → float → string.
     column_types: dict[str, pa.DataType] = {}

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=1 << 30, ge=1, description="Largest upload; 413 as soon as it is passed")
     max_rows: int = Field(default=20_000_000, ge=1, description="Rows per data set")
     max_columns: int = Field(default=5000, ge=1, description="Columns per data set")
+    max_array_bytes: int = Field(default=2 << 30, ge=1, description="Unpacked size of an .npz upload's arrays")
+    max_json_bytes: int = Field(default=64 << 20, ge=1, description="Largest JSON request body (413)")
     preview_rows: int = Field(default=20, ge=1, le=1000)
 
     # Job specs

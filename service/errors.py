@@ -94,7 +94,9 @@ def problem(status: int, slug: str, title: str, detail: str, request: Request,
 
 
 def _loc_to_field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Drop where the value came from and pydantic's tags for union members (e.g. 'list[str]', 'constrained-str').
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "str", "int", "float", "bool")
+             and not (isinstance(p, str) and ("[" in p or p.startswith(("constrained-", "function-"))))]
     return ".".join(parts) or "body"
 
 
@@ -133,9 +135,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        title = {400: "Bad request", 404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-        return problem(exc.status_code, slug, title, str(exc.detail), request,
+        slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed",
+                413: "payload-too-large"}.get(exc.status_code, "http-error")
+        title = {400: "Bad request", 404: "Not found", 405: "Method not allowed",
+                 413: "Payload too large"}.get(exc.status_code, "HTTP error")
+        errors = [{"field": "body", "message": str(exc.detail)}] if exc.status_code in (400, 413) else []
+        return problem(exc.status_code, slug, title, str(exc.detail), request, errors,
                        headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -1,6 +1,7 @@
 """Jobs: validate a spec against its data set, submit, look up, list, and read metrics."""
 
 import math
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import func, select
@@ -60,7 +61,7 @@ def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], list[str], st
                                     f"available columns: {available}", f"features.{i}")
             if name in targets:
                 raise _column_error(name, f"'{name}' is the target; it cannot also be a feature", f"features.{i}")
-        dupes = sorted({f for f in features if features.count(f) > 1})
+        dupes = sorted(f for f, n in Counter(features).items() if n > 1)
         if dupes:
             raise _column_error(dupes[0], f"feature '{dupes[0]}' is listed more than once", "features")
     if not features:
@@ -83,6 +84,10 @@ def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], list[str], st
         if task == "regression" and col["kind"] != "numeric":
             raise _column_error(name, f"target '{name}' is {col['kind']}; regression needs a numeric target "
                                 "(use task 'classification' or 'auto')", "task")
+    for name in targets if task == "regression" else []:
+        if columns[name]["n_unique"] < 2:
+            raise _column_error(name, f"target '{name}' has {columns[name]['n_unique']} distinct value(s); "
+                                "regression needs a target that varies", "target")
     if task == "classification" and columns[targets[0]]["n_unique"] < 2:
         raise _column_error(targets[0], f"target '{targets[0]}' has {columns[targets[0]]['n_unique']} distinct "
                             "value(s); classification needs at least two classes", "target")

@@ -60,7 +60,8 @@ def get(*, session: Session, model_id: str, principal: Principal) -> Model:
     """The model with this id, or NotFound (also when it belongs to another owner)."""
     model = session.get(Model, model_id)
     if model is None or not can_see(principal, model.owner):
-        raise NotFound(f"no model with id '{model_id}'; GET /models lists them")
+        raise NotFound(f"no model with id '{model_id}'; GET /models lists them",
+                       errors=[{"field": "model_id", "message": "unknown model"}])
     return model
 
 

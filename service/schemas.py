@@ -123,7 +123,8 @@ class JobCreate(_Input):
         default=None, description="Column to predict (a list of numeric columns for multi-target regression; "
                                   "null for an autoencoder)")
     features: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
-        default=None, min_length=1, description="Input columns; null means every column but the target")
+        default=None, min_length=1, max_length=10_000,
+        description="Input columns; null means every column but the target")
     task: Literal["auto", "classification", "regression"] = "auto"
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

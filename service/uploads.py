@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia, problem
 
 FILE_FIELD = "file"
 MAX_TEXT_FIELD = 1024
@@ -99,11 +100,14 @@ async def receive_file(request: Request, dest: Path, *, max_bytes: int) -> Uploa
             parser.write(chunk)
         parser.finalize()
     except ClientDisconnect:
-        raise InvalidInput("the upload was cut off before it finished; send it again") from None
+        raise InvalidInput("the upload was cut off before it finished; send it again",
+                           errors=[{"field": FILE_FIELD, "message": "incomplete multipart body"}]) from None
     except (InvalidInput, PayloadTooLarge):
         raise
-    except Exception as exc:  # the multipart parser's own errors
-        raise InvalidInput(f"the multipart body could not be read: {exc}") from None
+    except Exception as exc:  # the multipart parser's own errors, e.g. a header line over its 4 KiB limit
+        raise InvalidInput(f"the multipart body could not be read: {exc}; send it as `curl -F file=@data.csv` "
+                           "does, with each part header (the file name included) under 4 KiB",
+                           errors=[{"field": FILE_FIELD, "message": f"malformed multipart body: {exc}"}]) from None
     finally:
         out.close()
     if not state["done"]:
@@ -114,3 +118,41 @@ async def receive_file(request: Request, dest: Path, *, max_bytes: int) -> Uploa
                            errors=[{"field": FILE_FIELD, "message": "field required"}])
     upload.sha256 = hasher.hexdigest()
     return upload
+
+
+class BodyLimit:
+    """ASGI middleware: a request body other than a multipart upload (those stream under max_upload_bytes)
+    larger than max_bytes gets 413, from its Content-Length before it is read, else as soon as it passes."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
+            await self.app(scope, receive, send)
+            return
+        message = f"request bodies are limited to {self.max_bytes:,} bytes; send fewer records per request"
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            response = problem(413, "payload-too-large", "Payload too large", message, Request(scope),
+                               [{"field": "body", "message": message}])
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    # An HTTPException passes through FastAPI's body parsing as it is (others become 400).
+                    raise HTTPException(413, detail=message)
+            return msg
+
+        await self.app(scope, counted, send)

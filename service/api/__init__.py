@@ -14,6 +14,7 @@ from service.errors import install_error_handlers, problem_responses
 from service.fleet import Reaper
 from service.predict import ModelCache
 from service.storage import Storage
+from service.uploads import BodyLimit
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage(settings.data_dir)
     app.state.model_cache = ModelCache(app.state.storage, settings.model_cache_size)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)  # inside the request-id middleware
     install_error_handlers(app)
     ops.install(app)
     app.include_router(system.router)  # /healthz and /readyz: the only routes without a key

@@ -32,7 +32,7 @@ async def upload_dataset(request: Request, session: SessionDep, storage: Storage
         return await run_in_threadpool(
             datasets.create, session=session, storage=storage, upload_path=raw, name=name,
             size_bytes=upload.size, sha256=upload.sha256, owner=principal.owner,
-            max_columns=settings.max_columns, max_rows=settings.max_rows)
+            max_columns=settings.max_columns, max_rows=settings.max_rows, max_array_bytes=settings.max_array_bytes)
     finally:
         raw.unlink(missing_ok=True)
 

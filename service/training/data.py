@@ -6,6 +6,7 @@ Pure pyarrow + numpy: no database, no HTTP.
 import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,11 @@ DELIMITERS = (",", "\t", ";", "|")
 # An integer target with at most this many distinct values is taken for class labels.
 MAX_CLASSES_FOR_INT_TARGET = 20
 TOP_VALUES = 5
+# A column summary quotes its most frequent values; a longer text is cut, so a 1 MB cell cannot bloat every
+# description and listing of the data set (the stored data keep it whole).
+TOP_VALUE_CHARS = 100
+# Error messages quote a rejected value up to this length.
+QUOTE_CHARS = 60
 
 
 class DataError(ValueError):
@@ -96,6 +102,9 @@ def _normalise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
                   or pa.types.is_string(t)):
             arr = arr.cast(pa.string())
+        if pa.types.is_string(arr.type) and pc.any(pc.match_substring(arr, "\x00")).as_py():
+            raise DataError(f"column '{f.name}' holds a NUL byte (\\0); text values cannot contain NUL bytes: "
+                            "remove them and upload again", column=f.name)
         arrays.append(arr)
         fields.append(pa.field(f.name, arr.type))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
@@ -148,7 +157,24 @@ def _write_batches(names: list[str], batches, dest: Path, max_columns: int, max_
     return n_rows
 
 
+def _header_fields(path: Path, delimiter: str) -> int | None:
+    """Fields in the header row by a plain count, or None where quotes could hide delimiters."""
+    header = b""
+    with open(path, "rb") as fh:
+        while b"\n" not in header and len(header) < CSV_BLOCK_BYTES:
+            chunk = fh.read(SNIFF_BYTES)
+            if not chunk:
+                break
+            header += chunk
+    header = header.split(b"\n", 1)[0]
+    return None if b'"' in header else header.count(delimiter.encode()) + 1
+
+
 def _write_csv(path: Path, delimiter: str, dest: Path, max_columns: int, max_rows: int | None) -> int:
+    # Count a very wide header before pyarrow builds a reader with a column per field (seconds per 100 000).
+    width = _header_fields(path, delimiter)
+    if width is not None and width > max_columns:
+        raise DataError(f"the file has {width} columns; at most {max_columns} are accepted")
     # pyarrow infers a column's type from the first block; a later value that does not fit
     # (e.g. "x" in an int column) is retried with a wider type for that column: int → float → string.
     column_types: dict[str, pa.DataType] = {}
@@ -208,11 +234,23 @@ def summarise_column(name: str, col: pa.ChunkedArray) -> dict[str, Any]:
         if len(counts):
             pairs = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
                                strict=True), key=lambda vc: (-vc[1], str(vc[0])))
-            stats["top"] = [{"value": v, "count": c} for v, c in pairs[:TOP_VALUES]]
+            stats["top"] = [{"value": _shorten(v), "count": c} for v, c in pairs[:TOP_VALUES]]
     info["n_missing"] = int(n_missing)
     info["n_unique"] = int(pc.count_distinct(col.drop_null()).as_py())
     info["stats"] = _finite(stats)
     return info
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > TOP_VALUE_CHARS:
+        return value[:TOP_VALUE_CHARS] + f"… ({len(value)} characters)"
+    return value
+
+
+def _quote(value: Any) -> str:
+    """repr() of a rejected value, cut short: a hostile value is never echoed back whole."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}… ({len(text)} characters)"
 
 
 def _finite(obj: Any) -> Any:
@@ -226,11 +264,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None = None) -> IngestResult:
+def ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None = None,
+           max_array_bytes: int | None = None) -> IngestResult:
     """Parse an uploaded file, write it to `dest` as Parquet, and describe its columns."""
     fmt, delimiter = sniff_format(src)
     if fmt == "npz":
-        return ingest_arrays(src, dest.with_suffix(".npz"), max_rows=max_rows)
+        return ingest_arrays(src, dest.with_suffix(".npz"), max_rows=max_rows, max_array_bytes=max_array_bytes)
     try:
         if fmt == "parquet":
             n_rows = _write_parquet(src, dest, max_columns, max_rows)
@@ -251,11 +290,25 @@ def ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None = No
 ARRAY_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bool")
 
 
-def ingest_arrays(src: Path, dest: Path, *, max_rows: int | None = None) -> IngestResult:
+def _check_unpacked_size(src: Path, max_bytes: int) -> None:
+    """Refuse an .npz whose arrays would unpack to more than max_bytes (a small file can declare gigabytes)."""
+    try:
+        with zipfile.ZipFile(src) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"the file looks like .npz but could not be read: {exc}") from None
+    if unpacked > max_bytes:
+        raise DataError(f"the .npz unpacks to {unpacked:,} bytes; at most {max_bytes:,} are accepted", column="X")
+
+
+def ingest_arrays(src: Path, dest: Path, *, max_rows: int | None = None,
+                  max_array_bytes: int | None = None) -> IngestResult:
     """An .npz with `X` ([N, C, H, W], [N, H, W] or [N, D]) and optionally `y` ([N]); stored again as .npz.
 
     Loaded with allow_pickle=False: object arrays (which would need unpickling) are refused.
     """
+    if max_array_bytes is not None:
+        _check_unpacked_size(src, max_array_bytes)
     try:
         with np.load(src, allow_pickle=False) as npz:
             names = set(npz.files)
@@ -407,13 +460,19 @@ def fit_target(col: pa.ChunkedArray, task: str) -> dict[str, Any]:
 
 
 def fit_regression_targets(table: pa.Table, names: list[str]) -> dict[str, Any]:
-    """Mean and scale of each regression target, for standardisation."""
+    """Mean and scale of each regression target, for standardisation; a target with nothing to learn is refused."""
     means, scales = [], []
     for name in names:
         values = _numeric(table.column(name))
         finite = values[~np.isnan(values)]
-        std = float(finite.std()) if finite.size else 1.0
-        means.append(float(finite.mean()) if finite.size else 0.0)
+        if finite.size < 2:
+            raise DataError(f"target '{name}' has a value in {finite.size} row(s) only; regression needs at least 2 "
+                            "rows with a target (rows where it is missing or infinite are dropped)", column=name)
+        if finite.min() == finite.max():
+            raise DataError(f"target '{name}' has the same value ({finite[0]:g}) in every row; there is nothing to "
+                            "learn: choose a target that varies", column=name)
+        std = float(finite.std())
+        means.append(float(finite.mean()))
         scales.append(std if std > 1e-12 else 1.0)
     return {"task": "regression", "names": names, "mean": means, "scale": scales}
 
@@ -504,15 +563,27 @@ def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[st
                 if isinstance(v, (dict, list)):
                     raise DataError(f"record {i}: column '{name}' expects a text category, got {type(v).__name__}",
                                     column=name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value",
+                                    column=name)
                 values.append(str(v).lower() if isinstance(v, bool) else str(v))
             elif kind == "boolean":
                 if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
                     values.append(float(v))
                 else:
-                    raise DataError(f"record {i}: column '{name}' expects true or false, got {v!r}", column=name)
+                    raise DataError(f"record {i}: column '{name}' expects true or false, got {_quote(v)}",
+                                    column=name)
             else:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise DataError(f"record {i}: column '{name}' expects a number, got {v!r}", column=name)
-                values.append(float(v))
+                    raise DataError(f"record {i}: column '{name}' expects a number, got {_quote(v)}", column=name)
+                try:
+                    number = float(v)
+                except OverflowError:
+                    raise DataError(f"record {i}: column '{name}' is out of range for a number (a {len(str(v))}-digit "
+                                    "integer); send a value within ±1.8e308", column=name) from None
+                if not math.isfinite(number):
+                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value "
+                                    "(it is filled in as in training)", column=name)
+                values.append(number)
         arrays[name] = pa.array(values, pa.string() if kind == "categorical" else pa.float64())
     return pa.table(arrays) if arrays else pa.table({})

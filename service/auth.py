@@ -75,7 +75,7 @@ def list_keys(session: Session, *, include_revoked: bool = False) -> list[ApiKey
 
 
 def revoke_key(session: Session, key_id_or_prefix: str) -> ApiKey:
-    """Revoke the key with this id or key prefix; the key stops working at once."""
+    """Revoke the key with this id or key prefix; API processes refuse it within PrincipalCache.ttl_s."""
     row = session.get(ApiKey, key_id_or_prefix)
     if row is None:
         matches = session.scalars(select(ApiKey).where(ApiKey.prefix == key_id_or_prefix)).all()
@@ -141,13 +141,18 @@ def read_key_file(path: Path) -> str | None:
     return key or None
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
-    """The caller behind an `Authorization: Bearer` header, or Unauthorized."""
+def bearer_digest(authorization: str | None) -> str:
+    """The SHA-256 of the key in an `Authorization: Bearer` header, or Unauthorized when there is none."""
     scheme, _, key = (authorization or "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or len(key) > 128:
         raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
-    digest = hash_key(key)
+    return hash_key(key)
+
+
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    """The caller behind an `Authorization: Bearer` header, or Unauthorized."""
+    digest = bearer_digest(authorization)
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
         raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
@@ -155,6 +160,39 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_EVERY:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
     return Principal(key_id=row.id, owner=row.name, admin=row.admin)
+
+
+class PrincipalCache:
+    """Keys found valid in the last `ttl_s` seconds, so that most requests authenticate without a database
+    round trip; a revoked key is refused within `ttl_s` seconds by every API process."""
+
+    def __init__(self, sessions, ttl_s: float = 1.0) -> None:
+        self.sessions = sessions
+        self.ttl_s = ttl_s
+        self._items: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The caller if its key was checked recently (no I/O); None means call load()."""
+        digest = bearer_digest(authorization)
+        with self._lock:
+            hit = self._items.get(digest)
+        return hit[0] if hit is not None and time.monotonic() < hit[1] else None
+
+    def load(self, authorization: str | None) -> Principal:
+        """Check the key against the database (blocking) and remember the answer for ttl_s."""
+        session = self.sessions()
+        try:
+            principal = authenticate(session, authorization)
+            session.commit()
+        finally:
+            session.close()
+        now = time.monotonic()
+        with self._lock:
+            if len(self._items) > 10_000:
+                self._items = {d: v for d, v in self._items.items() if v[1] > now}
+            self._items[bearer_digest(authorization)] = (principal, now + self.ttl_s)
+        return principal
 
 
 class RateLimiter:

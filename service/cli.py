@@ -223,7 +223,7 @@ def keys_list(include_revoked: Annotated[bool, typer.Option("--all", help="Also 
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id (key_…) or prefix, as `mlps keys list` shows")],
                 data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
-    """Revoke a key: requests with it get 401 from then on. Its owner's data stays."""
+    """Revoke a key: within a second, requests with it get 401. Its owner's data stays."""
     from service.auth import revoke_key
     from service.errors import NotFound
 

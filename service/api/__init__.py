@@ -7,7 +7,7 @@ from fastapi import Depends, FastAPI
 import service
 from service.api import datasets, events, jobs, models, ops, scoring, system, workers
 from service.api.deps import get_principal
-from service.auth import RateLimiter
+from service.auth import PrincipalCache, RateLimiter
 from service.config import Settings, get_settings
 from service.db import make_engine, make_sessionmaker, require_schema_at_head
 from service.errors import install_error_handlers, problem_responses
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage(settings.data_dir)
     app.state.model_cache = ModelCache(app.state.storage, settings.model_cache_size)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.principals = PrincipalCache(app.state.sessions)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)  # inside the request-id middleware
     install_error_handlers(app)
     ops.install(app)

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -15,15 +16,16 @@ from service.storage import Storage
 from service.tables import Dataset, Job, Model
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that only read app.state are async: a sync one would cost a thread-pool round trip per request.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_storage(request: Request) -> Storage:
+async def get_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def get_model_cache(request: Request) -> ModelCache:
+async def get_model_cache(request: Request) -> ModelCache:
     return request.app.state.model_cache
 
 
@@ -57,10 +59,12 @@ ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `mlps keys create --name NAME` prints one")
 
 
-def get_principal(request: Request, session: SessionDep,
-                  _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+async def get_principal(request: Request,
+                        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     """The caller's key (401 without a valid one), rate-limited per key (429 with Retry-After)."""
-    principal = auth.authenticate(session, request.headers.get("authorization"))
+    header = request.headers.get("authorization")
+    principals: auth.PrincipalCache = request.app.state.principals
+    principal = principals.cached(header) or await run_in_threadpool(principals.load, header)
     request.app.state.rate_limiter.check(principal.key_id)
     return principal
 

@@ -1,6 +1,6 @@
 """/models and /predict"""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
@@ -49,11 +49,16 @@ async def download_model(model: ModelDep, storage: StorageDep):
 
 @router.post("/predict", response_model=PredictResponse, responses=problem_responses(400, 404, 422),
              summary="Predict for records keyed by column name")
-def predict_records(body: PredictRequest, session: SessionDep, principal: PrincipalDep, cache: ModelCacheDep,
-                    settings: SettingsDep):
-    model = predict.get(session=session, model_id=body.model_id, principal=principal)
-    return predict.predict(cache=cache, model=model, records=body.records, inputs=body.inputs,
-                           max_records=settings.max_predict_records)
+async def predict_records(body: PredictRequest, request: Request, principal: PrincipalDep, cache: ModelCacheDep,
+                          settings: SettingsDep):
+    # The latency-critical path: lookup and inference in one thread-pool call, no per-request session dependency.
+    def run() -> dict:
+        with request.app.state.sessions() as session:
+            model = predict.get(session=session, model_id=body.model_id, principal=principal)
+        return predict.predict(cache=cache, model=model, records=body.records, inputs=body.inputs,
+                               max_records=settings.max_predict_records)
+
+    return await run_in_threadpool(run)
 
 
 @router.post("/models/{model_id}/embed", response_model=EmbedResponse, responses=problem_responses(400, 404, 422),

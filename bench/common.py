@@ -2,6 +2,7 @@
 
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -136,6 +137,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def upload(http: httpx.Client, path: Path) -> dict[str, Any]:

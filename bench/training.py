@@ -9,7 +9,11 @@ figure is the median over rounds, each ratio the median of the per-round ratios.
 samples/s, against a large float32 torch.mm timed in the same run. With CUDA available, the same comparison
 runs on the GPU at batch 1024 and 4096, with and without bf16 autocast.
 
-Usage: python bench/training.py [--epochs 2] [--rounds 3] [--samples 60000]
+One torch thread by default: on a small machine shared with other work, a second OpenMP thread makes each parallel
+region wait for a thread that may not be scheduled (minibatch steps measured up to 20× slower), which would
+measure the neighbours rather than the loops; `--threads 0` uses torch's default.
+
+Usage: python bench/training.py [--epochs 1] [--rounds 3] [--samples 60000] [--threads 1]
 """
 
 import argparse
@@ -189,10 +193,14 @@ def gpu_section(X: np.ndarray, y: np.ndarray, epochs: int, rounds: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=60_000)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for every loop and the matmul (0: torch's default, one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     X, y = generate(args.samples)
     print("### CPU\n")
     print(cpu_section(X, y, args.epochs, args.rounds))

@@ -6,6 +6,7 @@ Pure pyarrow + numpy: no database, no HTTP.
 import math
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 SNIFF_BYTES = 64 * 1024
-CSV_BLOCK_BYTES = 8 << 20
+# The streaming CSV reader holds about a dozen blocks' worth of buffers: 1 MiB blocks keep an upload's peak
+# memory near 20 MB above the process's own (8 MiB blocks: about 120 MB) at the same speed.
+CSV_BLOCK_BYTES = 1 << 20
 DELIMITERS = (",", "\t", ";", "|")
 # An integer target with at most this many distinct values is taken for class labels.
 MAX_CLASSES_FOR_INT_TARGET = 20
@@ -235,10 +238,11 @@ def ingest(src: Path, dest: Path, *, max_columns: int) -> IngestResult:
             n_rows = _write_csv(src, delimiter, dest, max_columns)
         if n_rows == 0:
             raise DataError("the file has a header but no data rows")
-        table = pq.ParquetFile(dest)
-        columns = []
-        for name in table.schema_arrow.names:
-            columns.append(summarise_column(name, pq.read_table(dest, columns=[name]).column(0)))
+        names = pq.ParquetFile(dest).schema_arrow.names
+        # Distinct counts (hashing) dominate; Arrow releases the GIL, so columns are summarised in parallel.
+        with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+            columns = list(pool.map(lambda name: summarise_column(name, pq.read_table(dest, columns=[name]).column(0)),
+                                    names))
     except BaseException:
         dest.unlink(missing_ok=True)
         raise

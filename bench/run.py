@@ -61,8 +61,9 @@ The engine is `service.training.loop.train` as a job runs it (per-epoch train me
 validation data: all 60 000 rows train and early stopping has nothing to monitor (patience 0 as well). Train metrics
 come from the epoch's own forward passes. (a) is the lecture's loop over
 `DataLoader(TensorDataset(X, y), batch_size=B, shuffle=True)`, (b) a hand-written loop over pre-loaded tensors with
-randperm slicing; all three train 784-256-256-10 ReLU with Adam (lr 1e-3), the same epochs and seed. Targets: engine
-≥ 1.4 × (a) at batch 128, ≥ 0.95 × (b), ≥ 75 % of the measured matmul FLOP/s at batch 1024.
+randperm slicing; all three train 784-256-256-10 ReLU with Adam (lr 1e-3), the same epochs and seed, on one torch
+thread (the script's docstring says why). Targets: engine ≥ 1.4 × (a) at batch 128, ≥ 0.95 × (b), ≥ 75 % of the
+measured matmul FLOP/s at batch 1024.
 
 {training}
 

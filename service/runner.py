@@ -89,15 +89,19 @@ def _exit_with_worker(worker_pid: int) -> None:
     threading.Thread(target=watch, name="mlps-worker-watch", daemon=True).start()
 
 
-SMALL_JOB_WORK = 50_000_000  # parameters × training rows below which one thread beats a thread pool
+# Weights × batch size (a minibatch step's work, about a sixth of its FLOP) below which one thread beats a thread
+# pool: each matrix product is too small to split, and every parallel region waits for its slowest thread, which
+# on a busy machine may not be scheduled at all for a while (measured: 20× slower steps with 2 threads on 2 shared
+# cores). The whole job's size does not matter; only how much one step can share out.
+SMALL_STEP_WORK = 16_000_000
 
 
 def _set_threads(configured: int, work: int) -> int:
-    """Threads for this job: the configured count, else 1 for small jobs (a pool costs more than it
+    """Threads for this job: the configured count, else 1 for small steps (a pool costs more than it
     saves there), else torch's default. The fork server warmed up on one thread (see service.preload)."""
     from service.preload import DEFAULT_THREADS
 
-    threads = configured or (1 if work < SMALL_JOB_WORK else DEFAULT_THREADS)
+    threads = configured or (1 if work < SMALL_STEP_WORK else DEFAULT_THREADS)
     torch.set_num_threads(threads)
     return threads
 
@@ -214,8 +218,8 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
                                kinds={f: columns[f]["kind"] for f in features}, task=task, split=split,
                                class_weights=training.get("class_weights"))
         width = [prepared.data.X_train.shape[1], *net_spec.hidden_layers, prepared.data.n_outputs]
-        threads = _set_threads(settings.torch_threads,
-                               sum(a * b for a, b in zip(width, width[1:], strict=False)) * len(prepared.data.X_train))
+        weights = sum(a * b for a, b in zip(width, width[1:], strict=False))
+        threads = _set_threads(settings.torch_threads, weights * min(config.batch_size, len(prepared.data.X_train)))
         data_seconds = time.perf_counter() - started
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(device)

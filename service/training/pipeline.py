@@ -179,9 +179,11 @@ def predict_inputs(net: nn.Module, meta: dict[str, Any], X: np.ndarray, device: 
                 best = (out[:, 0] > 0).long().cpu().numpy()
                 return {"predictions": [labels[i] for i in best], "probabilities": None}
             probs = M.class_probabilities(out, len(labels)).cpu().numpy().astype(np.float64)
-            return {"predictions": [labels[i] for i in probs.argmax(axis=1)],
-                    "probabilities": [{str(label): float(p) for label, p in zip(labels, row, strict=True)}
-                                      for row in probs]}
+            # Whole-array conversions, then one dict per row: per-element float() calls cost more than the network
+            # on large batches.
+            names = [str(label) for label in labels]
+            return {"predictions": np.asarray(labels, dtype=object)[probs.argmax(axis=1)].tolist(),
+                    "probabilities": [dict(zip(names, row, strict=True)) for row in probs.tolist()]}
         if target["task"] == "autoencoder":
             # An autoencoder's answer per record is its reconstruction error (an anomaly score).
             errors = ((out - Xt) ** 2).mean(dim=1).cpu().numpy()

@@ -91,8 +91,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = list(args) if args is not None else [sys.executable, "-m", "service.cli", "serve", "--devices",
                                                          "cpu"]
+        # No per-key rate limit: the throughput benchmarks send far more than a person's requests per second.
         self.env = {**os.environ, "MLPS_DATA_DIR": str(self.data_dir), "MLPS_PORT": str(self.port),
-                    "MLPS_HOST": "127.0.0.1", **(env or {})}
+                    "MLPS_HOST": "127.0.0.1", "MLPS_RATE_LIMIT_PER_S": "0", **(env or {})}
         self.ready_path = ready_path
         self.headers: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None

@@ -51,7 +51,10 @@ def make_engine(url: str) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # As many pooled connections as the API's thread pool runs requests at once (40 by default), so that
+        # concurrent requests do not open and close overflow connections.
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=40,
+                               max_overflow=10)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:

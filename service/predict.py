@@ -27,7 +27,18 @@ class ModelCache:
         self.storage = storage
         self.size = size
         self._items: OrderedDict[str, tuple[nn.Module, dict[str, Any]]] = OrderedDict()
+        self._owners: dict[str, str] = {}  # model id -> owner; a model never changes hands
         self._lock = threading.Lock()
+
+    def owner(self, model_id: str) -> str | None:
+        """The owner of a model looked up before (no I/O), or None."""
+        return self._owners.get(model_id)
+
+    def remember_owner(self, model: Model) -> None:
+        with self._lock:
+            if len(self._owners) > 100_000:
+                self._owners.clear()
+            self._owners[model.id] = model.owner
 
     def get(self, model_id: str) -> tuple[nn.Module, dict[str, Any]]:
         with self._lock:
@@ -99,12 +110,12 @@ def _inputs(meta: dict[str, Any], records: list[dict[str, Any]] | None, inputs: 
                                               "message": str(exc)}]) from None
 
 
-def predict(*, cache: ModelCache, model: Model, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
+def predict(*, cache: ModelCache, model_id: str, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
             max_records: int) -> dict[str, Any]:
     """Predictions in the user's label space for records keyed by column name (or arrays)."""
-    net, meta = cache.get(model.id)
+    net, meta = cache.get(model_id)
     X = _inputs(meta, records, inputs, max_records)
-    return {"model_id": model.id, **P.predict_inputs(net, meta, X)}
+    return {"model_id": model_id, **P.predict_inputs(net, meta, X)}
 
 
 def embed(*, cache: ModelCache, model: Model, records: list[dict[str, Any]] | None, inputs: list[Any] | None,

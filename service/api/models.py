@@ -16,6 +16,7 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
+from service.auth import can_see
 from service.errors import problem_responses
 from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
 
@@ -51,11 +52,14 @@ async def download_model(model: ModelDep, storage: StorageDep):
              summary="Predict for records keyed by column name")
 async def predict_records(body: PredictRequest, request: Request, principal: PrincipalDep, cache: ModelCacheDep,
                           settings: SettingsDep):
-    # The latency-critical path: lookup and inference in one thread-pool call, no per-request session dependency.
+    # The latency-critical path: one thread-pool call, and the database only for a model not seen before
+    # (models never change owner, and are never deleted).
     def run() -> dict:
-        with request.app.state.sessions() as session:
-            model = predict.get(session=session, model_id=body.model_id, principal=principal)
-        return predict.predict(cache=cache, model=model, records=body.records, inputs=body.inputs,
+        owner = cache.owner(body.model_id)
+        if owner is None or not can_see(principal, owner):
+            with request.app.state.sessions() as session:
+                cache.remember_owner(predict.get(session=session, model_id=body.model_id, principal=principal))
+        return predict.predict(cache=cache, model_id=body.model_id, records=body.records, inputs=body.inputs,
                                max_records=settings.max_predict_records)
 
     return await run_in_threadpool(run)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -76,21 +75,19 @@ class Scorer:
         """The batch's columns (less any clashing with the outputs) followed by the prediction columns."""
         table = pa.Table.from_batches([batch])
         X = P.inputs_from_table(table.select([f["name"] for f in self.features]), self.meta)
-        out = P.predict_inputs(self.net, self.meta, X)
+        raw = P.predict_arrays(self.net, self.meta, X)
         added: dict[str, pa.Array] = {}
-        predictions = out["predictions"]
         target = self.meta["target"]
-        if predictions and isinstance(predictions[0], dict):
-            for name in target["names"]:
-                added[f"{PREDICTION}_{name}"] = pa.array([p[name] for p in predictions], pa.float64())
+        if raw.classes is not None:  # columns straight from the arrays: no per-row Python objects
+            added[PREDICTION] = pa.array(target["labels"]).take(pa.array(raw.classes))
+            if raw.probabilities is not None:
+                for j, label in enumerate(target["labels"]):
+                    added[f"p_{label}"] = pa.array(raw.probabilities[:, j])
+        elif raw.values.shape[1] > 1:
+            for j, name in enumerate(target["names"]):
+                added[f"{PREDICTION}_{name}"] = pa.array(raw.values[:, j])
         else:
-            added[PREDICTION] = pa.array(predictions)
-        if out.get("probabilities") is not None:
-            labels = [str(label) for label in target["labels"]]
-            matrix = np.array([[row[label] for label in labels] for row in out["probabilities"]], dtype=np.float64)
-            matrix = matrix.reshape(len(predictions), len(labels))
-            for j, label in enumerate(labels):
-                added[f"p_{label}"] = pa.array(matrix[:, j])
+            added[PREDICTION] = pa.array(raw.values[:, 0])
         keep = [name for name in table.column_names if name not in added]
         return pa.Table.from_arrays([*(table.column(n) for n in keep), *added.values()], names=[*keep, *added])
 

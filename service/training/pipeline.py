@@ -166,32 +166,50 @@ def inputs_from_arrays(inputs: Any, meta: dict[str, Any]) -> np.ndarray:
     return (arr.reshape(len(arr), -1) * pre["scale"]).astype(np.float32)
 
 
-def predict_inputs(net: nn.Module, meta: dict[str, Any], X: np.ndarray, device: str = "cpu") -> dict[str, Any]:
-    """Predictions in the user's label space (and class probabilities) for preprocessed inputs."""
+@dataclass
+class RawPrediction:
+    """A model's answers as arrays: class indices into meta's labels (+ probabilities [n, classes], None for a
+    perceptron), or values [n, targets] (regression; an autoencoder's reconstruction error as one column)."""
+
+    classes: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+
+def predict_arrays(net: nn.Module, meta: dict[str, Any], X: np.ndarray, device: str = "cpu") -> RawPrediction:
+    """The network's answers for preprocessed inputs, as arrays (batch scoring writes them as columns)."""
     target = meta["target"]
     Xt = torch.as_tensor(X, device=device)
     with torch.inference_mode():
         out = forward_chunked(net, Xt)
         if target["task"] == "classification":
-            labels = target["labels"]
             if meta["spec"]["model"]["type"] == "perceptron":
                 # A threshold unit has no probabilities: say so rather than inventing them.
-                best = (out[:, 0] > 0).long().cpu().numpy()
-                return {"predictions": [labels[i] for i in best], "probabilities": None}
-            probs = M.class_probabilities(out, len(labels)).cpu().numpy().astype(np.float64)
-            # Whole-array conversions, then one dict per row: per-element float() calls cost more than the network
-            # on large batches.
-            names = [str(label) for label in labels]
-            return {"predictions": np.asarray(labels, dtype=object)[probs.argmax(axis=1)].tolist(),
-                    "probabilities": [dict(zip(names, row, strict=True)) for row in probs.tolist()]}
+                return RawPrediction(classes=(out[:, 0] > 0).long().cpu().numpy())
+            probs = M.class_probabilities(out, len(target["labels"])).cpu().numpy().astype(np.float64)
+            return RawPrediction(classes=probs.argmax(axis=1), probabilities=probs)
         if target["task"] == "autoencoder":
             # An autoencoder's answer per record is its reconstruction error (an anomaly score).
-            errors = ((out - Xt) ** 2).mean(dim=1).cpu().numpy()
-            return {"predictions": [float(e) for e in errors], "probabilities": None}
-    values = D.decode_regression(out.cpu().numpy().astype(np.float64), target)
-    if values.shape[1] == 1:
-        return {"predictions": [float(v) for v in values[:, 0]], "probabilities": None}
-    return {"predictions": [dict(zip(target["names"], map(float, row), strict=True)) for row in values],
+            return RawPrediction(values=((out - Xt) ** 2).mean(dim=1, keepdim=True).cpu().numpy().astype(np.float64))
+    return RawPrediction(values=D.decode_regression(out.cpu().numpy().astype(np.float64), target))
+
+
+def predict_inputs(net: nn.Module, meta: dict[str, Any], X: np.ndarray, device: str = "cpu") -> dict[str, Any]:
+    """Predictions in the user's label space (and class probabilities) for preprocessed inputs, as JSON values."""
+    target = meta["target"]
+    raw = predict_arrays(net, meta, X, device)
+    if raw.classes is not None:
+        # Whole-array conversions, then one dict per row: per-element float() calls cost more than the network
+        # on large batches.
+        predictions = np.asarray(target["labels"], dtype=object)[raw.classes].tolist()
+        if raw.probabilities is None:
+            return {"predictions": predictions, "probabilities": None}
+        names = [str(label) for label in target["labels"]]
+        return {"predictions": predictions,
+                "probabilities": [dict(zip(names, row, strict=True)) for row in raw.probabilities.tolist()]}
+    if raw.values.shape[1] == 1:
+        return {"predictions": raw.values[:, 0].tolist(), "probabilities": None}
+    return {"predictions": [dict(zip(target["names"], row, strict=True)) for row in raw.values.tolist()],
             "probabilities": None}
 
 

@@ -31,7 +31,7 @@ bench: install
 	$(BIN)/python bench/run.py
 
 lint: install
-	$(BIN)/ruff check service tests migrations
+	$(BIN)/ruff check service tests migrations bench
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

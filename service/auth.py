@@ -19,8 +19,8 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
-from service.errors import NotFound, ServiceError
+from service.db import session_scope, utcnow
+from service.errors import NotFound, TooManyRequests, Unauthorized
 from service.queue import new_id
 from service.tables import ADMIN_OWNER, ApiKey
 
@@ -28,18 +28,6 @@ KEY_PREFIX = "mlps_"
 ADMIN_KEY_FILE = "admin.key"
 # last_used_at is written at most this often per key, so that reads do not turn into writes.
 LAST_USED_EVERY = timedelta(minutes=1)
-
-
-class Unauthorized(ServiceError):
-    status, slug, title = 401, "unauthorized", "Unauthorized"
-
-
-class Forbidden(ServiceError):
-    status, slug, title = 403, "forbidden", "Forbidden"
-
-
-class TooManyRequests(ServiceError):
-    status, slug, title = 429, "too-many-requests", "Too many requests"
 
 
 # One message for a missing, malformed, unknown or revoked key: which part failed is not the caller's business.
@@ -150,9 +138,8 @@ def bearer_digest(authorization: str | None) -> str:
     return hash_key(key)
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
-    """The caller behind an `Authorization: Bearer` header, or Unauthorized."""
-    digest = bearer_digest(authorization)
+def authenticate(session: Session, digest: str) -> Principal:
+    """The caller whose key has this SHA-256 (see bearer_digest), or Unauthorized."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
     if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
         raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
@@ -172,26 +159,21 @@ class PrincipalCache:
         self._items: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
 
-    def cached(self, authorization: str | None) -> Principal | None:
+    def cached(self, digest: str) -> Principal | None:
         """The caller if its key was checked recently (no I/O); None means call load()."""
-        digest = bearer_digest(authorization)
         with self._lock:
             hit = self._items.get(digest)
         return hit[0] if hit is not None and time.monotonic() < hit[1] else None
 
-    def load(self, authorization: str | None) -> Principal:
+    def load(self, digest: str) -> Principal:
         """Check the key against the database (blocking) and remember the answer for ttl_s."""
-        session = self.sessions()
-        try:
-            principal = authenticate(session, authorization)
-            session.commit()
-        finally:
-            session.close()
+        with session_scope(self.sessions) as session:
+            principal = authenticate(session, digest)
         now = time.monotonic()
         with self._lock:
             if len(self._items) > 10_000:
                 self._items = {d: v for d, v in self._items.items() if v[1] > now}
-            self._items[bearer_digest(authorization)] = (principal, now + self.ttl_s)
+            self._items[digest] = (principal, now + self.ttl_s)
         return principal
 
 

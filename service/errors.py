@@ -86,6 +86,18 @@ class UnsupportedMedia(ServiceError):
     status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
 
 
+class Unauthorized(ServiceError):
+    status, slug, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(ServiceError):
+    status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class TooManyRequests(ServiceError):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+
 def problem(status: int, slug: str, title: str, detail: str, request: Request,
             errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = Problem(type=f"/problems/{slug}", title=title, status=status, detail=detail, errors=errors or [],

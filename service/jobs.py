@@ -4,17 +4,19 @@ import math
 from collections import Counter
 from typing import Any
 
+import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import queue
-from service.auth import Principal, TooManyRequests, can_see, visible
+from service.auth import Principal, can_see, visible
 from service.config import Settings
 from service.devices import waiting_reason
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound, TooManyRequests
 from service.schemas import JobCreate, JobRead, Progress
 from service.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training.data import infer_task
+from service.training.nets import NetSpec, build_network, count_parameters
 
 TASK_METRICS = {
     "classification": ["val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro", "val_auroc"],
@@ -120,11 +122,6 @@ def _width(column: dict[str, Any]) -> int:
     return 1
 
 
-def count_parameters(sizes: list[int], batch_norm_layers: list[int]) -> int:
-    """Weights and biases of Linear layers between consecutive sizes, plus batch norm's scale and shift."""
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False)) + 2 * sum(batch_norm_layers)
-
-
 def estimate_parameters(spec: JobCreate, dataset: Dataset, targets: list[str], features: list[str],
                         task: str) -> int:
     """An upper bound of the network's size from the column summary (categories may be fewer after the split)."""
@@ -137,14 +134,10 @@ def estimate_parameters(spec: JobCreate, dataset: Dataset, targets: list[str], f
         n_out = 1 if n_classes <= 2 else n_classes
     else:
         n_out = len(targets)
-    model = spec.model
-    if model.type in ("logistic_regression", "perceptron"):
-        return count_parameters([n_in, n_out], [])
-    hidden = list(model.hidden_layers)
-    if model.type == "autoencoder":  # encoder to the bottleneck, mirrored decoder; no norm at the bottleneck
-        norms = 2 * hidden[:-1] if model.batch_norm else []
-        return count_parameters([n_in, *hidden, *reversed(hidden[:-1]), n_in], norms)
-    return count_parameters([n_in, *hidden, n_out], hidden if model.batch_norm else [])
+    # The network the worker will build, on the meta device: shapes only, no memory, whatever its size.
+    with torch.device("meta"):
+        net = build_network(NetSpec.from_dict(spec.model.model_dump()), n_in, n_out)
+    return count_parameters(net)
 
 
 def check_limits(spec: JobCreate, settings: Settings) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from service import auth, datasets, jobs, predict
 from service.auth import Principal
 from service.config import Settings
+from service.errors import Forbidden
 from service.predict import ModelCache
 from service.storage import Storage
 from service.tables import Dataset, Job, Model
@@ -62,9 +63,9 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `mlps keys creat
 async def get_principal(request: Request,
                         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
     """The caller's key (401 without a valid one), rate-limited per key (429 with Retry-After)."""
-    header = request.headers.get("authorization")
+    digest = auth.bearer_digest(request.headers.get("authorization"))
     principals: auth.PrincipalCache = request.app.state.principals
-    principal = principals.cached(header) or await run_in_threadpool(principals.load, header)
+    principal = principals.cached(digest) or await run_in_threadpool(principals.load, digest)
     request.app.state.rate_limiter.check(principal.key_id)
     return principal
 
@@ -74,7 +75,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.admin:
-        raise auth.Forbidden("this needs an admin key")
+        raise Forbidden("this needs an admin key")
     return principal
 
 

@@ -21,7 +21,7 @@ from service.training.artifact import load_model
 
 def create_app(model_dir: str) -> FastAPI:
     net, meta = load_model(Path(model_dir))
-    features = meta["preprocessing"]["features"]
+    features = meta.preprocessing["features"]
     app = FastAPI()
 
     @app.get("/healthz")
@@ -31,7 +31,7 @@ def create_app(model_dir: str) -> FastAPI:
     @app.post("/predict")
     def predict(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
         X = P.inputs_from_table(D.records_to_table(body["records"], features), meta)
-        return {"model_id": meta["model_id"], **P.predict_inputs(net, meta, X)}
+        return {"model_id": meta.model_id, **P.predict_inputs(net, meta, X)}
 
     return app
 

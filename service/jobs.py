@@ -14,15 +14,12 @@ from service.config import Settings
 from service.devices import waiting_reason
 from service.errors import InvalidInput, NotFound, TooManyRequests
 from service.schemas import JobCreate, JobRead, Progress
+from service.spec import StoredSpec, read_spec
+from service.spec import resolve as resolve_spec
 from service.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training.data import infer_task
-from service.training.nets import NetSpec, build_network, count_parameters
-
-TASK_METRICS = {
-    "classification": ["val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro", "val_auroc"],
-    "regression": ["val_loss", "val_rmse", "val_mae", "val_r2"],
-    "autoencoder": ["val_loss"],
-}
+from service.training.metrics import metric_names
+from service.training.nets import build_for, count_parameters, output_width
 
 
 def _column_error(column: str, message: str, field: str) -> InvalidInput:
@@ -93,24 +90,66 @@ def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], list[str], st
     if task == "classification" and columns[targets[0]]["n_unique"] < 2:
         raise _column_error(targets[0], f"target '{targets[0]}' has {columns[targets[0]]['n_unique']} distinct "
                             "value(s); classification needs at least two classes", "target")
-    if model == "perceptron" and (task != "classification" or columns[targets[0]]["n_unique"] != 2):
+    return targets, features, task
+
+
+def check_spec(spec: StoredSpec, dataset: Dataset) -> None:
+    """Rules between fields of the resolved spec (and the target's classes)."""
+    columns = {c["name"]: c for c in dataset.columns}
+    model, task, targets = spec.model, spec.task, spec.targets
+    if model.type == "perceptron" and (task != "classification" or columns[targets[0]]["n_unique"] != 2):
         what = f"{columns[targets[0]]['n_unique']} classes" if task == "classification" else "a regression target"
         raise _invalid("model.type", f"the perceptron learns binary targets only; '{targets[0]}' has {what} "
-                       "(use logistic_regression or mlp)")
-    if spec.model.activation == "threshold" and model in ("mlp", "autoencoder"):
+                       "(use logistic_regression, mlp or ensemble)")
+    if model.activation == "threshold" and model.type in ("mlp", "autoencoder", "ensemble"):
         raise _invalid("model.activation", "a threshold unit has zero gradient, so backpropagation cannot train "
                        "it; use sigmoid, tanh, relu, leaky_relu, gelu or linear (threshold is the perceptron's)")
-    if spec.training.class_weights is not None and task != "classification":
+    training = spec.training
+    if training.class_weights is not None and task != "classification":
         raise _invalid("training.class_weights", "class weights apply to classification only")
-    if spec.training.validation_fraction + spec.training.test_fraction > 0.8:
+    if training.validation_fraction + training.test_fraction > 0.8:
         raise _invalid("training.test_fraction", "validation_fraction + test_fraction must leave at least 20% of "
                        "the rows for training")
-    metric = spec.training.early_stopping_metric
-    allowed = TASK_METRICS[task]
+    metric = training.early_stopping_metric
+    allowed = metric_names(task, split="val")
     if metric not in allowed:
         raise _invalid("training.early_stopping_metric",
                        f"early_stopping_metric '{metric}' is not computed for {task}; use one of {allowed}")
-    return targets, features, task
+    if training.optimizer == "lbfgs" and model.type in ("perceptron", "ensemble"):
+        raise _invalid("training.optimizer", f"lbfgs does not train a {model.type}; leave optimizer out")
+    if model.type == "ensemble":
+        _check_ensemble(spec)
+
+
+def _check_ensemble(spec: StoredSpec) -> None:
+    model, training = spec.model, spec.training
+    if model.batch_norm:
+        raise _invalid("model.batch_norm", "the ensemble's members have no batch norm; leave batch_norm out or "
+                       "use model type 'mlp'")
+    if training.optimizer != "adamw":
+        raise _invalid("training.optimizer", "the ensemble trains every member with AdamW at its own learning rate; "
+                       "leave optimizer out (or 'adamw'), or use model type 'mlp'")
+    if model.members % model.folds:
+        raise _invalid("model.members", f"members ({model.members}) must be a multiple of folds ({model.folds}): "
+                       "each hyperparameter setting is trained once per fold")
+    if training.lr_schedule is not None:
+        raise _invalid("training.lr_schedule", "the ensemble's members keep their own constant learning rates; "
+                       "leave lr_schedule out or use model type 'mlp'")
+    if training.early_stopping_metric != "val_loss":
+        raise _invalid("training.early_stopping_metric", "each ensemble member stops on its own held-out loss; "
+                       "leave early_stopping_metric out (val_loss)")
+    for name in ("learning_rate_range", "weight_decay_range"):
+        lo, hi = getattr(training, name)
+        if lo > hi:
+            raise _invalid(f"training.{name}", f"{name} is [low, high]; got [{lo}, {hi}]")
+    lo, hi = model.dropout_range
+    if not lo <= hi < 1:
+        raise _invalid("model.dropout_range", f"dropout_range is [low, high] with high below 1; got [{lo}, {hi}]")
+    if training.learning_rate_range[0] <= 0:
+        raise _invalid("training.learning_rate_range", "learning rates must be above 0")
+    if model.folds > 1 and training.validation_fraction > 0:
+        raise _invalid("training.validation_fraction", "a cross-fitted ensemble validates every member on its own "
+                       "fold; leave validation_fraction out, or set model.folds to 1 to use a shared split")
 
 
 def _width(column: dict[str, Any]) -> int:
@@ -122,28 +161,22 @@ def _width(column: dict[str, Any]) -> int:
     return 1
 
 
-def estimate_parameters(spec: JobCreate, dataset: Dataset, targets: list[str], features: list[str],
-                        task: str) -> int:
+def estimate_parameters(spec: StoredSpec, dataset: Dataset) -> int:
     """An upper bound of the network's size from the column summary (categories may be fewer after the split)."""
     columns = {c["name"]: c for c in dataset.columns}
-    n_in = sum(_width(columns[f]) for f in features)
-    if task == "autoencoder":
-        n_out = n_in
-    elif task == "classification":
-        n_classes = int(columns[targets[0]]["n_unique"])
-        n_out = 1 if n_classes <= 2 else n_classes
-    else:
-        n_out = len(targets)
+    n_in = sum(_width(columns[f]) for f in spec.features)
+    n_classes = int(columns[spec.targets[0]]["n_unique"]) if spec.task == "classification" else 0
+    n_out = output_width(spec.task, n_inputs=n_in, n_classes=n_classes, n_targets=len(spec.targets))
     # The network the worker will build, on the meta device: shapes only, no memory, whatever its size.
     with torch.device("meta"):
-        net = build_network(NetSpec.from_dict(spec.model.model_dump()), n_in, n_out)
+        net = build_for(spec.model, n_in, n_out)
     return count_parameters(net)
 
 
-def check_limits(spec: JobCreate, settings: Settings) -> None:
+def check_limits(spec: StoredSpec, settings: Settings) -> None:
     """The operator's ceilings (settings), tighter than the schema's absolute bounds."""
     model, training = spec.model, spec.training
-    if model.type in ("mlp", "autoencoder"):
+    if model.type in ("mlp", "autoencoder", "ensemble"):
         if len(model.hidden_layers) > settings.max_layers:
             raise _invalid("model.hidden_layers", f"{len(model.hidden_layers)} hidden layers; this server accepts "
                            f"at most {settings.max_layers}")
@@ -164,29 +197,27 @@ def check_limits(spec: JobCreate, settings: Settings) -> None:
 
 def submit(*, session: Session, spec: JobCreate, principal: Principal, settings: Settings) -> Job:
     """Validate against the data set and the server's limits, and enqueue for the caller's owner."""
-    check_limits(spec, settings)
     dataset = session.get(Dataset, spec.dataset_id)
     if dataset is None or not can_see(principal, dataset.owner):
         raise InvalidInput(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
                            errors=[{"field": "dataset_id", "message": "unknown data set"}])
     targets, features, task = resolve(spec, dataset)
-    n_params = estimate_parameters(spec, dataset, targets, features, task)
+    stored = resolve_spec(spec, targets=targets, features=features, task=task, n_rows=dataset.n_rows,
+                          max_runtime_s=settings.max_runtime_s)
+    check_spec(stored, dataset)
+    check_limits(stored, settings)
+    n_params = estimate_parameters(stored, dataset)
     if n_params > settings.max_parameters:
         raise _invalid("model.hidden_layers", f"this network would have about {n_params:,} parameters for "
                        f"{len(features)} feature column(s); this server accepts at most "
-                       f"{settings.max_parameters:,}: use fewer or narrower layers")
+                       f"{settings.max_parameters:,}: use fewer or narrower layers"
+                       + (" or fewer members" if stored.model.type == "ensemble" else ""))
     active = session.scalar(select(func.count()).select_from(Job).where(
         Job.owner == principal.owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))
     if active >= settings.max_active_jobs:
         raise TooManyRequests(f"{principal.owner} already has {active} queued or running jobs, the most this "
                               "server accepts; wait for some to finish or cancel them")
-    stored: dict[str, Any] = spec.model_dump(mode="json")
-    stored["features"] = features
-    stored["targets"] = targets
-    stored["task"] = task
-    if stored["max_runtime_s"] is None:
-        stored["max_runtime_s"] = settings.max_runtime_s
-    return queue.enqueue(session=session, owner=principal.owner, dataset_id=dataset.id, spec=stored, task=task)
+    return queue.enqueue(session=session, owner=principal.owner, dataset_id=dataset.id, spec=stored)
 
 
 def get(*, session: Session, job_id: str, principal: Principal) -> Job:
@@ -216,17 +247,25 @@ def metrics(*, session: Session, job: Job) -> list[EpochMetric]:
                                 .order_by(EpochMetric.epoch)).all())
 
 
+def epoch_figures(metrics: dict[str, Any], *, members: bool = False) -> dict[str, Any]:
+    """One epoch's row as shown: the ensemble's figures, and each member's own only when asked."""
+    return metrics if members else {k: v for k, v in metrics.items() if not k.startswith("member_")}
+
+
 def to_read(job: Job) -> JobRead:
     """The API view of a job: progress, waiting reason and duration included."""
     duration = None
     if job.started_at and job.finished_at:
         duration = (job.finished_at - job.started_at).total_seconds()
     return JobRead(
-        id=job.id, status=job.status, dataset_id=job.dataset_id, task=job.task, spec=job.spec,
-        progress=Progress(epoch=job.epoch, epochs=job.epochs), latest_metrics=job.latest_metrics,
+        id=job.id, status=job.status, dataset_id=job.dataset_id, task=job.task, spec=read_spec(job.spec).to_json(),
+        progress=Progress(epoch=job.epoch, epochs=job.epochs),
+        latest_metrics=epoch_figures(job.latest_metrics) if job.latest_metrics else None,
         device_request=job.device_request, device=job.device, attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         waiting_for=waiting_reason(job.device_request) if job.status == JobStatus.QUEUED else None,
-        error=job.error, result=job.result, model_id=job.model_id, created_at=job.created_at,
+        error=job.error, result=job.result, model_id=job.model_id,
+        metrics=(job.result or {}).get("metrics") if job.status == JobStatus.SUCCEEDED else None,
+        created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, duration_s=duration,
     )

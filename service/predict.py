@@ -17,7 +17,7 @@ from service.storage import Storage
 from service.tables import Model
 from service.training import data as D
 from service.training import pipeline as P
-from service.training.artifact import META, WEIGHTS, load_model
+from service.training.artifact import META, WEIGHTS, ModelMeta, load_model
 
 
 class ModelCache:
@@ -26,7 +26,7 @@ class ModelCache:
     def __init__(self, storage: Storage, size: int) -> None:
         self.storage = storage
         self.size = size
-        self._items: OrderedDict[str, tuple[nn.Module, dict[str, Any]]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[nn.Module, ModelMeta]] = OrderedDict()
         self._owners: dict[str, str] = {}  # model id -> owner; a model never changes hands
         self._lock = threading.Lock()
 
@@ -40,7 +40,7 @@ class ModelCache:
                 self._owners.clear()
             self._owners[model.id] = model.owner
 
-    def get(self, model_id: str) -> tuple[nn.Module, dict[str, Any]]:
+    def get(self, model_id: str) -> tuple[nn.Module, ModelMeta]:
         with self._lock:
             if model_id in self._items:
                 self._items.move_to_end(model_id)
@@ -85,12 +85,12 @@ def list_(*, session: Session, principal: Principal, limit: int, offset: int) ->
     return list(rows), int(total or 0)
 
 
-def _inputs(meta: dict[str, Any], records: list[dict[str, Any]] | None, inputs: list[Any] | None,
+def _inputs(meta: ModelMeta, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
             max_records: int) -> np.ndarray:
     """The network's input matrix from `records` (tables) or `inputs` (array models), or InvalidInput."""
-    is_array = meta["preprocessing"].get("kind") == "array"
+    is_array = meta.preprocessing.get("kind") == "array"
     if is_array and inputs is None:
-        shape = ", ".join(map(str, meta["preprocessing"]["shape"]))
+        shape = ", ".join(map(str, meta.preprocessing["shape"]))
         raise InvalidInput(f"this model was trained on arrays; send 'inputs' shaped [n, {shape}]",
                            errors=[{"field": "inputs", "message": "field required"}])
     if not is_array and records is None:
@@ -104,18 +104,23 @@ def _inputs(meta: dict[str, Any], records: list[dict[str, Any]] | None, inputs: 
     try:
         if is_array:
             return P.inputs_from_arrays(inputs, meta)
-        return P.inputs_from_table(D.records_to_table(records, meta["preprocessing"]["features"]), meta)
+        return P.inputs_from_table(D.records_to_table(records, meta.preprocessing["features"]), meta)
     except D.DataError as exc:
         raise InvalidInput(str(exc), errors=[{"field": "inputs" if is_array else "records", "column": exc.column,
                                               "message": str(exc)}]) from None
 
 
 def predict(*, cache: ModelCache, model_id: str, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
-            max_records: int) -> dict[str, Any]:
-    """Predictions in the user's label space for records keyed by column name (or arrays)."""
+            max_records: int, uncertainty: bool = False) -> dict[str, Any]:
+    """Predictions in the user's label space for records keyed by column name (or arrays); with `uncertainty`,
+    an ensemble's member spread per record."""
     net, meta = cache.get(model_id)
+    if uncertainty and meta.model_type != "ensemble":
+        raise InvalidInput(f"model '{model_id}' is a single {meta.model_type}; uncertainty comes from an "
+                           "ensemble's members (train with model type 'ensemble', the default)",
+                           errors=[{"field": "uncertainty", "message": "needs an ensemble"}])
     X = _inputs(meta, records, inputs, max_records)
-    return {"model_id": model_id, **P.predict_inputs(net, meta, X)}
+    return {"model_id": model_id, **P.predict_inputs(net, meta, X, uncertainty=uncertainty)}
 
 
 def embed(*, cache: ModelCache, model: Model, records: list[dict[str, Any]] | None, inputs: list[Any] | None,

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from service.db import utcnow
 from service.errors import Conflict
+from service.spec import StoredSpec
 from service.tables import EpochMetric, Job, JobStatus, Model
 
 NOTIFY_CHANNEL = "mlps_jobs"
@@ -36,10 +37,10 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
-def enqueue(*, session: Session, owner: str, dataset_id: str, spec: dict[str, Any], task: str) -> Job:
-    """Add a queued job for a validated spec."""
-    job = Job(id=new_id("job"), owner=owner, dataset_id=dataset_id, spec=spec, task=task, status=JobStatus.QUEUED,
-              device_request=spec.get("device", "auto"), epochs=spec["training"]["epochs"], epoch=0,
+def enqueue(*, session: Session, owner: str, dataset_id: str, spec: StoredSpec) -> Job:
+    """Add a queued job for a validated, resolved spec."""
+    job = Job(id=new_id("job"), owner=owner, dataset_id=dataset_id, spec=spec.to_json(), task=spec.task,
+              status=JobStatus.QUEUED, device_request=spec.device, epochs=spec.training.epochs, epoch=0,
               attempts=0, cancel_requested=False)
     session.add(job)
     session.flush()

@@ -16,11 +16,13 @@ from service.config import Settings
 from service.db import make_engine, make_sessionmaker, session_scope
 from service.logs import configure as configure_logging
 from service.logs import job_id_var
+from service.spec import StoredSpec, read_spec
 from service.storage import Storage, publish
 from service.tables import Dataset, Job, Model
 from service.training import data as D
-from service.training.artifact import load_checkpoint, prune_checkpoints, save_checkpoint, save_model
-from service.training.loop import TrainConfig, TrainingError, TrainState, train
+from service.training.artifact import ModelMeta, load_checkpoint, prune_checkpoints, save_checkpoint, save_model
+from service.training.ensemble import EnsembleConfig, EnsembleState, train_ensemble
+from service.training.loop import EpochReport, TrainConfig, TrainingError, TrainState, train
 from service.training.nets import NetSpec, count_parameters
 from service.training.perceptron import train_perceptron
 from service.training.pipeline import SplitSpec, final_report, prepare, prepare_arrays
@@ -126,10 +128,10 @@ class Progress:
     def due(self) -> bool:
         return time.monotonic() - self.last_flush >= self.settings.progress_flush_s
 
-    def checkpoint(self, state: TrainState, history: list[dict[str, Any]]) -> None:
+    def checkpoint(self, state: Any, history: list[dict[str, Any]], kind: str) -> None:
         """Write the files now; the database points at them when the epoch's metrics are flushed."""
         name = f"{self.token[:8]}-{state.epoch}"
-        save_checkpoint(self.folder, name, state, {"history": history})
+        save_checkpoint(self.folder, name, state, {"history": history, "kind": kind})
         self.pending = {"epoch": state.epoch, "file": name}
 
     def add(self, epoch: int, metrics: dict[str, Any]) -> bool:
@@ -149,96 +151,142 @@ class Progress:
             prune_checkpoints(self.folder, keep=pending["file"])
 
 
-class TimeLimit(Exception):
-    """The job has trained longer than its max_runtime_s."""
-
-
-def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | None):
-    """(TrainState, history) of the checkpoint the database points at, or (None, []) to start afresh."""
+def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | None, kind: str):
+    """(snapshot, history) of the checkpoint the database points at, or (None, []) to start afresh."""
     if not checkpoint:
         return None, []
     try:
         fields, extra = load_checkpoint(storage.checkpoint_dir(job_id), checkpoint["file"])
-    except (OSError, ValueError, KeyError) as exc:
+        if extra.get("kind", "network") != kind:
+            raise ValueError(f"a {extra.get('kind', 'network')} checkpoint for a {kind} job")
+        state = EnsembleState(**fields) if kind == "ensemble" else TrainState(**fields)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("job %s: checkpoint %s unreadable (%s); starting from epoch 0", job_id, checkpoint, exc)
         return None, []
-    return TrainState(**fields), extra["history"]
+    return state, extra["history"]
 
 
-def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str, device: str,
-         device_description: str) -> None:
+class _Stop(Exception):
+    """The job ends here with this message (bad data, diverged, out of memory, time limit)."""
+
+
+def _load(sessions, storage: Storage, job_id: str, token: str, device_description: str):
+    """The job's resolved spec, its data set row and the point to resume from; the attempt is recorded."""
     with session_scope(sessions) as s:
         job = s.get(Job, job_id)
         dataset = s.get(Dataset, job.dataset_id) if job.dataset_id else None
-        spec, task, checkpoint = job.spec, job.task, job.checkpoint
-    resume, history = _resume_point(storage, job_id, checkpoint)
+        spec, checkpoint = read_spec(job.spec), job.checkpoint
+        if dataset is not None:
+            s.expunge(dataset)
+    resume, history = _resume_point(storage, job_id, checkpoint, _kind(spec))
     with session_scope(sessions) as s:
         queue.start_attempt(session=s, job_id=job_id, token=token, device=device_description,
                             from_epoch=resume.epoch if resume else 0)
     if resume:
         log.info("job %s: resuming after epoch %d", job_id, resume.epoch)
+    return spec, dataset, resume, history
+
+
+def _kind(spec: StoredSpec) -> str:
+    return "ensemble" if spec.model.type == "ensemble" else "network"
+
+
+def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage):
+    """The data set's rows as training arrays, split and preprocessed as the spec says."""
+    training = spec.training
+    split = SplitSpec(validation_fraction=training.validation_fraction, test_fraction=training.test_fraction,
+                      seed=training.seed)
+    path = storage.dataset_file(dataset.id, dataset.format)
+    if dataset.format == "npz":
+        return prepare_arrays(D.load_arrays(path), task=spec.task, split=split, class_weights=training.class_weights)
+    columns = {c["name"]: c for c in dataset.columns}
+    table = D.load_columns(path, [*spec.features, *spec.targets])
+    return prepare(table, targets=spec.targets, features=spec.features,
+                   kinds={f: columns[f]["kind"] for f in spec.features}, task=spec.task, split=split,
+                   class_weights=training.class_weights,
+                   missing_indicators=spec.model.type == "ensemble")
+
+
+def ensemble_config(spec: StoredSpec) -> EnsembleConfig:
+    model, training = spec.model, spec.training
+    return EnsembleConfig(members=model.members, folds=model.folds, hidden_layers=tuple(model.hidden_layers),
+                          activation=model.activation, linear_skip=bool(model.linear_skip), epochs=training.epochs,
+                          batch_size=training.batch_size,
+                          learning_rate_range=tuple(training.learning_rate_range),
+                          weight_decay_range=tuple(training.weight_decay_range),
+                          dropout_range=tuple(model.dropout_range),
+                          early_stopping_patience=training.early_stopping_patience,
+                          gradient_clip_norm=training.gradient_clip_norm, seed=training.seed)
+
+
+def _train(spec: StoredSpec, prepared, device: str, hook, resume, history):
+    model = spec.model
+    if model.type == "perceptron":
+        return train_perceptron(prepared.data, TrainConfig.from_dict(spec.training.model_dump()), on_epoch=hook)
+    if model.type == "ensemble":
+        return train_ensemble(prepared.data, ensemble_config(spec), device=device, on_epoch=hook, resume=resume,
+                              history=history)
+    net_spec = NetSpec(type=model.type, hidden_layers=tuple(model.hidden_layers), activation=model.activation,
+                       dropout=float(model.dropout), batch_norm=bool(model.batch_norm))
+    return train(prepared.data, net_spec, TrainConfig.from_dict(spec.training.model_dump()), device=device,
+                 on_epoch=hook, resume=resume, history=history)
+
+
+def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], stop: dict[str, str]):
+    """The runner's answer to each epoch report: checkpoint when due, queue the metrics, stop on cancel or on
+    the job's time limit."""
+    started = time.perf_counter()
+    earlier_seconds = sum(row.get("seconds", 0.0) for row in history)
+    kind = _kind(spec)
+
+    def on_epoch(report: EpochReport) -> str | None:
+        if progress.due():
+            state = report.snapshot()
+            if state is not None:
+                progress.checkpoint(state, report.history, kind)
+        cancel = progress.add(report.epoch, report.metrics)
+        ran = earlier_seconds + time.perf_counter() - started
+        if spec.max_runtime_s is not None and ran > spec.max_runtime_s:
+            progress.flush()
+            stop["message"] = (f"the job exceeded its time limit (max_runtime_s={spec.max_runtime_s}) at epoch "
+                               f"{report.epoch} after {ran:.1f} s of training; raise max_runtime_s or lower epochs")
+            return "time_limit"
+        return "cancelled" if cancel else None
+
+    return on_epoch
+
+
+def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str, device: str,
+         device_description: str) -> None:
+    spec, dataset, resume, history = _load(sessions, storage, job_id, token, device_description)
     if dataset is None:
         _fail(sessions, job_id, token, "the job's data set was deleted before it could start")
         return
-    columns = {c["name"]: c for c in dataset.columns}
-    features = spec["features"]
-    targets = spec.get("targets") or ([spec["target"]] if spec.get("target") else [])
-    training = spec["training"]
-    split = SplitSpec(validation_fraction=training["validation_fraction"],
-                      test_fraction=training.get("test_fraction", 0.0), seed=training["seed"])
-    net_spec = NetSpec.from_dict(spec["model"])
-    config = TrainConfig.from_dict(training)
-    max_runtime = spec.get("max_runtime_s")
     started = time.perf_counter()
-    earlier_seconds = sum(row.get("seconds", 0.0) for row in history)
     ckpt_dir = storage.checkpoint_dir(job_id)
     progress = Progress(settings, sessions, job_id, token, ckpt_dir)
-
-    def on_state(state: TrainState, rows: list[dict[str, Any]]) -> None:
-        if progress.due():
-            progress.checkpoint(state, rows)
-
-    def on_epoch(epoch: int, metrics: dict[str, Any]) -> bool:
-        cancel = progress.add(epoch, metrics)
-        ran = earlier_seconds + time.perf_counter() - started
-        if max_runtime is not None and ran > max_runtime:
-            progress.flush()
-            raise TimeLimit(f"the job exceeded its time limit (max_runtime_s={max_runtime}) at epoch {epoch} "
-                            f"after {ran:.1f} s of training; raise max_runtime_s or lower epochs")
-        return not cancel
-
+    stop: dict[str, str] = {}
     try:
-        path = storage.dataset_file(dataset.id, dataset.format)
-        if dataset.format == "npz":
-            prepared = prepare_arrays(D.load_arrays(path), task=task, split=split,
-                                      class_weights=training.get("class_weights"))
-        else:
-            table = D.load_columns(path, [*features, *targets])
-            prepared = prepare(table, targets=targets, features=features,
-                               kinds={f: columns[f]["kind"] for f in features}, task=task, split=split,
-                               class_weights=training.get("class_weights"))
-        width = [prepared.data.X_train.shape[1], *net_spec.hidden_layers, prepared.data.n_outputs]
-        weights = sum(a * b for a, b in zip(width, width[1:], strict=False))
-        threads = _set_threads(settings.torch_threads, weights * min(config.batch_size, len(prepared.data.X_train)))
-        data_seconds = time.perf_counter() - started
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(device)
-        if net_spec.type == "perceptron":
-            result = train_perceptron(prepared.data, config, on_epoch=on_epoch)
-        else:
-            result = train(prepared.data, net_spec, config, device=device, on_epoch=on_epoch, on_state=on_state,
-                           resume=resume, history=history)
-        progress.flush()
-        report = final_report(result.net, prepared, device=device) if not result.cancelled else {}
-    except (D.DataError, TrainingError, TimeLimit) as exc:
+        try:
+            prepared = _prepare(spec, dataset, storage)
+            threads = _set_threads(settings.torch_threads, _step_work(spec, prepared))
+            data_seconds = time.perf_counter() - started
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(device)
+            result = _train(spec, prepared, device, _hook(progress, spec, history, stop), resume, history)
+            progress.flush()
+            if result.stopped_by == "time_limit":
+                raise _Stop(stop["message"])
+            report = final_report(result.net, prepared, device=device, held_out=result.held_out) \
+                if result.stopped_by is None else {}
+        except (D.DataError, TrainingError) as exc:
+            raise _Stop(str(exc)) from None
+        except torch.OutOfMemoryError:
+            raise _Stop(f"out of memory on {device_description}; use a smaller batch_size or smaller hidden layers"
+                        + (" or fewer members" if spec.model.type == "ensemble" else "")) from None
+    except _Stop as exc:
         progress.flush()  # the curve up to the failure stays visible
         _fail(sessions, job_id, token, str(exc))
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        return
-    except torch.OutOfMemoryError:
-        progress.flush()
-        _fail(sessions, job_id, token, f"out of memory on {device_description}; use a smaller batch_size "
-                                        "or smaller hidden layers")
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return
     if result.cancelled:
@@ -246,18 +294,42 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
             queue.finish_cancelled(session=s, job_id=job_id, token=token)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return
+    _publish(sessions, storage, job_id, token, spec, dataset, prepared, result, report, device,
+             {"resumed_from_epoch": resume.epoch if resume else None, "threads": threads,
+              "data_seconds": round(data_seconds, 3)})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info("job %s succeeded (data %.2f s, total %.2f s)", job_id, data_seconds, time.perf_counter() - started)
 
-    kept = result.best_epoch or len(result.history)
-    final = {"epoch": kept, **result.history[kept - 1], **report}
+
+def _step_work(spec: StoredSpec, prepared) -> int:
+    """Weights × batch size × members: how much one minibatch step can share out between threads."""
+    hidden = spec.model.hidden_layers if spec.model.type in ("mlp", "autoencoder", "ensemble") else []
+    width = [prepared.data.X_train.shape[1], *hidden, prepared.data.n_outputs]
+    weights = sum(a * b for a, b in zip(width, width[1:], strict=False))
+    members = spec.model.members if spec.model.type == "ensemble" else 1
+    rows = len(prepared.data.X_train) + len(prepared.data.X_val)
+    return weights * members * min(spec.training.batch_size, max(rows, 1))
+
+
+def kept_figures(result, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The kept model's validation figures: the ensemble's own, else the kept epoch's row."""
+    if result.kept_metrics is not None:
+        return {"epoch": len(history), **result.kept_metrics}
+    kept = result.best_epoch or len(history)
+    return {"epoch": kept, **{k: v for k, v in history[kept - 1].items() if not k.startswith("member")}}
+
+
+def _publish(sessions, storage: Storage, job_id: str, token: str, spec: StoredSpec, dataset: Dataset, prepared,
+             result, report: dict[str, Any], device: str, facts: dict[str, Any]) -> None:
+    """Write the model folder, then mark the job succeeded with the model row in one transaction."""
+    final = {**kept_figures(result, result.history), **report}
     model_id = queue.new_id("mdl")
-    meta = {
-        "model_id": model_id, "job_id": job_id, "dataset_id": dataset.id,
-        "spec": spec, "task": task, "target_columns": targets,
-        "features": _feature_schema(prepared.preprocessing),
-        "preprocessing": prepared.preprocessing, "target": prepared.target,
-        "n_inputs": prepared.data.X_train.shape[1], "n_outputs": prepared.data.n_outputs,
-        "metrics": final, "data": prepared.info,
-    }
+    meta = ModelMeta(
+        model_id=model_id, job_id=job_id, dataset_id=dataset.id, spec=spec.to_json(), task=spec.task,
+        target_columns=spec.targets, features=_feature_schema(prepared.preprocessing),
+        preprocessing=prepared.preprocessing, target=prepared.target, n_inputs=prepared.data.X_train.shape[1],
+        n_outputs=prepared.data.n_outputs, metrics=final, data=prepared.info,
+        ensemble=result.info.get("ensemble"))
     staging = storage.temp_dir()
     size = save_model(staging / model_id, result.net, meta)
     publish(staging / model_id, storage.model_dir(model_id))
@@ -266,13 +338,11 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
     run_info = {**prepared.info, "parameters": count_parameters(result.net),
                 "train_seconds": round(train_seconds, 3), "epochs_run": len(result.history),
                 "samples_per_second": round(prepared.info["n_train"] * len(result.history) / max(train_seconds, 1e-9)),
-                "resumed_from_epoch": resume.epoch if resume else None, "threads": threads,
-                "data_seconds": round(data_seconds, 3),
-                "best_epoch": result.best_epoch, "early_stopped_at": result.stopped_at, **report, **result.info}
-    model = Model(id=model_id, job_id=job_id, dataset_id=dataset.id, model_type=net_spec.type, task=task,
-                  target=",".join(targets) or None, features=meta["features"],
-                  labels=prepared.target.get("labels"),
-                  metrics=final, size_bytes=size)
+                **facts, "best_epoch": result.best_epoch, "early_stopped_at": result.stopped_at, **report,
+                **result.info, "metrics": final}
+    model = Model(id=model_id, job_id=job_id, dataset_id=dataset.id, model_type=spec.model.type, task=spec.task,
+                  target=",".join(spec.targets) or None, features=meta.features,
+                  labels=prepared.target.get("labels"), metrics=final, size_bytes=size)
     if device.startswith("cuda"):
         run_info["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
     try:
@@ -281,6 +351,3 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
     except BaseException:
         storage.remove_model(model_id)
         raise
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log.info("job %s succeeded: model %s (data %.2f s, training %.2f s, total %.2f s)", job_id, model_id,
-             data_seconds, train_seconds, time.perf_counter() - started)

@@ -50,18 +50,40 @@ class DatasetPreview(BaseModel):
 # ---------------------------------------------------------------- jobs
 
 
+Range = Annotated[list[Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]],
+                  Field(min_length=2, max_length=2, description="[low, high]; equal ends fix the value")]
+
+
 class ModelSpec(_Input):
-    type: Literal["mlp", "logistic_regression", "perceptron", "autoencoder"] = Field(
-        default="mlp",
-        description="mlp: hidden layers; logistic_regression: one sigmoid/softmax layer; perceptron: "
-                    "Rosenblatt's rule (binary targets); autoencoder: no target, hidden_layers end at the bottleneck")
-    hidden_layers: list[Annotated[int, Field(ge=1, le=16384)]] = Field(
-        default=[64, 64], max_length=32, description="Width of each hidden layer (mlp, autoencoder)")
-    activation: Activation = Field(
-        default="relu", description="threshold is the perceptron's unit; it has no gradient, so other models "
-                                    "cannot be trained with it")
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, allow_inf_nan=False)
-    batch_norm: bool = False
+    """Fields left out (null) take the default of the model type; the job stores the resolved values."""
+
+    type: Literal["ensemble", "mlp", "logistic_regression", "perceptron", "autoencoder"] = Field(
+        default="ensemble",
+        description="ensemble (the default): member MLPs trained as one batched network, cross-fitted and selected "
+                    "on out-of-fold predictions; mlp: one network with hidden layers; logistic_regression: one "
+                    "sigmoid/softmax layer; perceptron: Rosenblatt's rule (binary targets); autoencoder: no target, "
+                    "hidden_layers end at the bottleneck")
+    hidden_layers: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
+        default=None, max_length=32,
+        description="Width of each hidden layer (ensemble members, mlp, autoencoder); default [64, 64] for mlp and "
+                    "autoencoder, [128, 128] for the ensemble")
+    activation: Activation | None = Field(
+        default=None, description="Default relu. threshold is the perceptron's unit; it has no gradient, so other "
+                                  "models cannot be trained with it")
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False,
+                                  description="Default 0.1; for the ensemble, fixes every member's rate")
+    batch_norm: bool | None = Field(default=None, description="Default false; not available for the ensemble")
+    members: int | None = Field(default=None, ge=1, le=256,
+                                description="Ensemble: member networks (a multiple of folds); default 16 below "
+                                            "20 000 rows, else 8")
+    folds: int | None = Field(default=None, ge=1, le=32,
+                              description="Ensemble: cross-fitting folds, each member holding one out for its early "
+                                          "stopping; 1 validates every member on one shared split; default 4 below "
+                                          "20 000 rows, else 1")
+    linear_skip: bool | None = Field(default=None, description="Ensemble: a linear path from inputs to outputs in "
+                                                               "every member (default true)")
+    dropout_range: Range | None = Field(default=None, description="Ensemble: members' dropout rates are spread over "
+                                                                  "this range (default [0, 0.3])")
 
 
 class StepSchedule(_Input):
@@ -87,28 +109,48 @@ ClassWeight = Annotated[float, Field(gt=0.0, le=1e6, allow_inf_nan=False)]
 
 
 class TrainingSpec(_Input):
-    epochs: int = Field(default=300, ge=1, le=100_000, description="Upper bound; early stopping usually ends sooner")
-    batch_size: int = Field(default=32, ge=1, le=1_000_000)
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0, allow_inf_nan=False)
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
-    nesterov: bool = False
-    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    """Fields left out (null) take the default of the model type; the job stores the resolved values."""
+
+    epochs: int | None = Field(default=None, ge=1, le=100_000,
+                               description="Upper bound; early stopping usually ends sooner (default 300; ensemble "
+                                           "200; logistic_regression 100 L-BFGS steps)")
+    batch_size: int | None = Field(default=None, ge=1, le=1_000_000,
+                                   description="Default 32; the ensemble's grows with the data (n/8, a power of two "
+                                               "from 32 to 512)")
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "lbfgs"] | None = Field(
+        default=None, description="Default adam; logistic_regression: lbfgs (full batch); the ensemble trains with "
+                                  "AdamW, one learning rate and weight decay per member")
+    learning_rate: float | None = Field(default=None, gt=0.0, le=10.0, allow_inf_nan=False,
+                                        description="Default 0.001 (lbfgs: 1); for the ensemble, fixes every "
+                                                    "member's rate")
+    learning_rate_range: Range | None = Field(default=None, description="Ensemble: members' learning rates are "
+                                                                        "spread log-uniformly over this range "
+                                                                        "(default [0.001, 0.01])")
+    momentum: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False, description="Default 0.9")
+    nesterov: bool | None = None
+    weight_decay: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                       description="Default 0; for the ensemble, fixes every member's decay")
+    weight_decay_range: Range | None = Field(default=None, description="Ensemble: members' weight decays are spread "
+                                                                       "log-uniformly over this range "
+                                                                       "(default [1e-5, 0.01])")
     gradient_clip_norm: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False)
     lr_schedule: LRSchedule | None = None
     class_weights: Literal["balanced"] | dict[str, ClassWeight] | None = Field(
         default=None, description="'balanced' or {label: weight} (classification)")
-    validation_fraction: float = Field(default=0.2, ge=0.0, le=0.5, allow_inf_nan=False)
-    test_fraction: float = Field(default=0.0, ge=0.0, le=0.5, allow_inf_nan=False,
-                                 description="Held out and evaluated once on the final model")
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    early_stopping_patience: int = Field(
-        default=20, ge=0, le=100_000,
+    validation_fraction: float | None = Field(
+        default=None, ge=0.0, le=0.5, allow_inf_nan=False,
+        description="Default 0.2; a cross-fitted ensemble validates on its folds instead (0)")
+    test_fraction: float | None = Field(default=None, ge=0.0, le=0.5, allow_inf_nan=False,
+                                        description="Held out and evaluated once on the final model (default 0)")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Default 0")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=0, le=100_000,
         description="Stop after this many epochs without improvement of early_stopping_metric and keep the "
-                    "best epoch's weights; 0 trains every epoch and keeps the last")
+                    "best epoch's weights; 0 trains every epoch and keeps the last (default 20; ensemble: 16, "
+                    "per member on its own held-out loss)")
     early_stopping_metric: Literal[
         "val_loss", "val_accuracy", "val_balanced_accuracy", "val_f1_macro", "val_auroc", "val_rmse", "val_mae",
-        "val_r2"] = "val_loss"
+        "val_r2"] | None = Field(default=None, description="Default val_loss")
 
 
 class JobCreate(_Input):
@@ -154,6 +196,8 @@ class JobRead(_Output):
     waiting_for: str | None = None
     error: str | None
     result: dict[str, Any] | None
+    metrics: dict[str, Any] | None = Field(default=None, description="The kept model's figures once the job "
+                                                                     "succeeded (not the last epoch's)")
     model_id: str | None
     created_at: datetime
     started_at: datetime | None
@@ -203,6 +247,8 @@ class PredictRequest(_Input):
                                                  description="One object per row, keyed by column name")
     inputs: list[Any] | None = Field(default=None, min_length=1,
                                      description="Array models: one nested array per record, shaped like X")
+    uncertainty: bool = Field(default=False, description="Ensembles: also return how much the members disagree "
+                                                         "on each record")
 
 
 class EmbedRequest(_Input):
@@ -225,6 +271,11 @@ class PredictResponse(BaseModel):
     model_id: str
     predictions: list[Any]
     probabilities: list[dict[str, float]] | None
+    uncertainty: list[dict[str, Any]] | None = Field(
+        default=None, description="With uncertainty: true, per record: classification {std: the members' standard "
+                                  "deviation of the predicted class's probability, disagreement: the weight of "
+                                  "members whose own answer differs}; regression {std: the members' standard "
+                                  "deviation, in the target's units (one per target for several)}")
 
 
 T = TypeVar("T")

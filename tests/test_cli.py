@@ -56,7 +56,7 @@ def test_datasets_upload_list_show_preview_delete(mlps):
 
 def test_jobs_submit_with_a_yaml_spec_and_overrides_then_wait(mlps, iris_job, tmp_path):  # noqa: F811
     spec = tmp_path / "spec.yaml"
-    spec.write_text("target: species\nmodel:\n  hidden_layers: [16, 8]\ntraining:\n  epochs: 200\n"
+    spec.write_text("target: species\nmodel:\n  type: mlp\n  hidden_layers: [16, 8]\ntraining:\n  epochs: 200\n"
                     "  learning_rate: 0.01\n")
     result = mlps("jobs", "submit", "--dataset", iris_job["dataset_id"], "--spec", str(spec),
                   "--set", "training.epochs=6", "--set", "training.optimizer=adamw", "--set", "model.dropout=0.0",
@@ -213,7 +213,8 @@ def test_jobs_wait_exits_1_when_the_job_fails(mlps, live_url):  # noqa: F811
     ds_id = mlps("datasets", "upload", str(dataset_path("diabetes.csv")), "-q").stdout.strip()
     result = mlps("jobs", "submit", "--dataset", ds_id, "--target", "progression", "--set", "task=regression",
                   "--set", "model.hidden_layers=[256, 256]", "--set", "training.optimizer=sgd",
-                  "--set", "training.learning_rate=10", "--set", "training.epochs=50", "--wait", "--timeout", "120")
+                  "--set", "training.learning_rate=10", "--set", "training.epochs=50",
+                  "--set", "model.type=mlp", "--wait", "--timeout", "120")
     assert result.exit_code == 1, result.output
     out = " ".join(result.stdout.split())
     assert "failed" in out and "loss became NaN" in out

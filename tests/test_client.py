@@ -134,7 +134,7 @@ def test_predict_csv_errors_are_api_errors_and_leave_no_file(mlps, iris_job, tmp
 
 def test_cancel_then_wait_reports_cancelled(mlps, iris_job):  # noqa: F811
     job = mlps.submit_job({"dataset_id": iris_job["dataset_id"], "target": "species",
-                           "training": {"epochs": 100000, "early_stopping_patience": 0}})
+                           "model": {"type": "mlp"}, "training": {"epochs": 100000, "early_stopping_patience": 0}})
     assert mlps.cancel(job["id"])["cancel_requested"]
     final = mlps.wait(job["id"], timeout=60)
     assert final["status"] == "cancelled" and final["model_id"] is None

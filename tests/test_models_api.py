@@ -31,7 +31,7 @@ def test_perceptron_on_xor_says_it_cannot_converge(client, worker):
 def test_mlp_solves_xor_and_predicts_the_truth_table(client, worker):
     ds = upload(client, "xor.csv").json()
     job = run(client, worker, {"dataset_id": ds["id"], "target": "y",
-                               "model": {"hidden_layers": [4], "activation": "tanh", "dropout": 0},
+                               "model": {"type": "mlp", "hidden_layers": [4], "activation": "tanh", "dropout": 0},
                                "training": {"epochs": 500, "batch_size": 4, "learning_rate": 0.05,
                                             "validation_fraction": 0}})
     assert job["status"] == "succeeded", job["error"]
@@ -114,7 +114,8 @@ def test_missing_values_and_text_categories_train_and_predict(client, worker):
 def test_options_reach_training_and_test_split_is_reported_apart(client, worker):
     ds = upload(client, "iris.csv").json()
     job = run(client, worker, {"dataset_id": ds["id"], "target": "species",
-                               "model": {"hidden_layers": [32], "activation": "gelu", "batch_norm": True},
+                               "model": {"type": "mlp", "hidden_layers": [32], "activation": "gelu",
+                                         "batch_norm": True},
                                "training": {"epochs": 12, "optimizer": "sgd", "learning_rate": 0.1, "nesterov": True,
                                             "lr_schedule": {"type": "step", "step_size": 5, "gamma": 0.5},
                                             "class_weights": "balanced", "gradient_clip_norm": 1.0,

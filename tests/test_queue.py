@@ -9,10 +9,12 @@ from sqlalchemy import update
 from service import queue
 from service.db import make_engine, make_sessionmaker, session_scope, utcnow
 from service.errors import Conflict
+from service.schemas import JobCreate
+from service.spec import resolve
 from service.tables import Dataset, Job, JobStatus
 
 BOTH_DATABASES = True
-SPEC = {"device": "auto", "training": {"epochs": 3}}
+SPEC = {"dataset_id": "ds_00000000000000aa", "target": "y", "training": {"epochs": 3}}
 
 
 @pytest.fixture
@@ -29,7 +31,9 @@ def sessions(migrated):
 def enqueue(sessions, n=1, device="auto") -> list[str]:
     with session_scope(sessions) as s:
         return [queue.enqueue(session=s, owner="admin", dataset_id="ds_00000000000000aa",
-                              spec={**SPEC, "device": device}, task="classification").id for _ in range(n)]
+                              spec=resolve(JobCreate(**{**SPEC, "device": device}), targets=["y"], features=["x"],
+                                           task="classification", n_rows=1, max_runtime_s=3600)).id
+                for _ in range(n)]
 
 
 def claim(sessions, worker="w1", requests=("auto", "cpu")):

@@ -76,7 +76,7 @@ def test_predict_on_an_unknown_model_is_404(client):
 def test_diverging_job_fails_once_with_an_actionable_message(client, worker):
     ds = upload(client, "diabetes.csv").json()
     job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "progression", "task": "regression",
-                                     "model": {"hidden_layers": [256, 256]},
+                                     "model": {"type": "mlp", "hidden_layers": [256, 256]},
                                      "training": {"optimizer": "sgd", "learning_rate": 10.0, "epochs": 50}}).json()
     worker.run_once()
     job = client.get(f"/jobs/{job['id']}").json()
@@ -88,6 +88,7 @@ def test_diverging_job_fails_once_with_an_actionable_message(client, worker):
 def test_cancel_a_running_job_stops_its_process(client, worker):
     ds = upload(client, "breast_cancer.csv").json()
     job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "diagnosis",
+                                     "model": {"type": "mlp"},
                                      "training": {"epochs": 100000, "early_stopping_patience": 0}}).json()
     runner = threading.Thread(target=worker.run_once, kwargs={"timeout_s": 120})
     runner.start()

@@ -37,11 +37,13 @@ def show_job(job: JobDep):
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, responses=problem_responses(404, 422),
             summary="Every epoch's metrics")
-def job_metrics(job: JobDep, session: SessionDep):
+def job_metrics(job: JobDep, session: SessionDep,
+                members: bool = Query(default=False, description="Include each ensemble member's own figures")):
     rows = jobs.metrics(session=session, job=job)
     result = job.result or {}
     return JobMetrics(job_id=job.id, task=job.task,
-                      epochs=[EpochMetricsRead(epoch=r.epoch, metrics=r.metrics) for r in rows],
+                      epochs=[EpochMetricsRead(epoch=r.epoch, metrics=jobs.epoch_figures(r.metrics, members=members))
+                              for r in rows],
                       test=result.get("test"), confusion_matrix=result.get("confusion_matrix"))
 
 

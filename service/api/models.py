@@ -60,7 +60,7 @@ async def predict_records(body: PredictRequest, request: Request, principal: Pri
             with request.app.state.sessions() as session:
                 cache.remember_owner(predict.get(session=session, model_id=body.model_id, principal=principal))
         return predict.predict(cache=cache, model_id=body.model_id, records=body.records, inputs=body.inputs,
-                               max_records=settings.max_predict_records)
+                               max_records=settings.max_predict_records, uncertainty=body.uncertainty)
 
     return await run_in_threadpool(run)
 

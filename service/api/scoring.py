@@ -31,6 +31,7 @@ from service.predict import ModelCache
 from service.tables import Model
 from service.training import data as D
 from service.training import pipeline as P
+from service.training.artifact import ModelMeta
 from service.uploads import multipart_body, receive_file
 
 log = logging.getLogger("mlps.api")
@@ -64,12 +65,12 @@ class Scorer:
     """A table model's inference over batches: input columns in, input columns plus predictions out."""
 
     net: Any
-    meta: dict[str, Any]
+    meta: ModelMeta
 
     @property
     def features(self) -> list[dict[str, Any]]:
         """The model's fitted input columns (name, kind, ...)."""
-        return self.meta["preprocessing"]["features"]
+        return self.meta.preprocessing["features"]
 
     def score(self, batch: pa.RecordBatch) -> pa.Table:
         """The batch's columns (less any clashing with the outputs) followed by the prediction columns."""
@@ -77,7 +78,7 @@ class Scorer:
         X = P.inputs_from_table(table.select([f["name"] for f in self.features]), self.meta)
         raw = P.predict_arrays(self.net, self.meta, X)
         added: dict[str, pa.Array] = {}
-        target = self.meta["target"]
+        target = self.meta.target
         if raw.classes is not None:  # columns straight from the arrays: no per-row Python objects
             added[PREDICTION] = pa.array(target["labels"]).take(pa.array(raw.classes))
             if raw.probabilities is not None:
@@ -194,7 +195,7 @@ def _encode(table: pa.Table, header: bool) -> bytes:
 def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, Iterator[bytes]]:
     """Check the whole file against the model and score its first batch; (rows, the answer's body)."""
     net, meta = cache.get(model.id)
-    if meta["preprocessing"].get("kind") == "array":
+    if meta.preprocessing.get("kind") == "array":
         raise _file_error("this model was trained on arrays (.npz); send 'inputs' to POST /predict instead")
     scorer = Scorer(net=net, meta=meta)
     reader = BatchReader(path, scorer.features)

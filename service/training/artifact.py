@@ -4,21 +4,23 @@ import json
 import os
 import platform
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pyarrow
 import safetensors
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import service
-from service.training.nets import NetSpec, build_network
+from service.training.nets import build_for
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def library_versions() -> dict[str, str]:
@@ -27,24 +29,75 @@ def library_versions() -> dict[str, str]:
             "mlp_service": service.__version__}
 
 
-def save_model(folder: Path, net: nn.Module, meta: dict[str, Any]) -> int:
+class ModelMeta(BaseModel):
+    """model.json: everything needed to rebuild the network and use it, beside the safetensors weights."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    format_version: int = FORMAT_VERSION
+    versions: dict[str, str] = Field(default_factory=library_versions)
+    model_id: str | None = None
+    job_id: str | None = None
+    dataset_id: str | None = None
+    spec: dict[str, Any]  # the job's resolved spec (service.spec.StoredSpec as JSON)
+    task: str
+    target_columns: list[str] = Field(default_factory=list)
+    features: list[dict[str, Any]] = Field(default_factory=list)  # the feature schema shown with the model
+    preprocessing: dict[str, Any]
+    target: dict[str, Any]
+    n_inputs: int
+    n_outputs: int
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    ensemble: dict[str, Any] | None = None  # members kept, their weights and hyperparameters
+
+    @property
+    def model(self) -> SimpleNamespace:
+        """The resolved model spec, with attributes (type, hidden_layers, members, ...)."""
+        return SimpleNamespace(**{**_MODEL_DEFAULTS_V1, **self.spec["model"]})
+
+    @property
+    def model_type(self) -> str:
+        return self.model.type
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+# Format 1 (before ensembles) stored the single networks' model spec with every field filled; these fill in
+# what an older file may lack.
+_MODEL_DEFAULTS_V1 = {"type": "mlp", "hidden_layers": [64, 64], "activation": "relu", "dropout": 0.1,
+                      "batch_norm": False, "members": None, "linear_skip": None}
+
+
+def read_meta(doc: dict[str, Any]) -> ModelMeta:
+    """model.json of any format version as today's type."""
+    version = int(doc.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise ValueError(f"model format {version} is newer than this server reads ({FORMAT_VERSION}); upgrade it")
+    return ModelMeta.model_validate({**doc, "format_version": FORMAT_VERSION})
+
+
+def save_model(folder: Path, net: nn.Module, meta: ModelMeta) -> int:
     """Write weights and metadata into `folder` (which must not exist yet); returns the bytes written."""
     folder.mkdir(parents=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     save_file(state, folder / WEIGHTS)
-    doc = {"format_version": FORMAT_VERSION, "versions": library_versions(), **meta}
-    (folder / META).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    (folder / META).write_text(meta.to_json())
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
-def load_meta(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / META).read_text())
+def load_meta(folder: Path) -> ModelMeta:
+    return read_meta(json.loads((folder / META).read_text()))
 
 
-def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, ModelMeta]:
     """Rebuild the network from the JSON spec and fill it from the safetensors weights."""
     meta = load_meta(folder)
-    net = build_network(NetSpec.from_dict(meta["spec"]["model"]), meta["n_inputs"], meta["n_outputs"])
+    model = meta.model
+    if model.type == "ensemble":
+        model.members = int(meta.ensemble["members"])  # the kept members, after selection
+    net = build_for(model, meta.n_inputs, meta.n_outputs)
     net.load_state_dict(load_file(folder / WEIGHTS, device=device))
     net.to(device).eval()
     return net, meta

@@ -414,8 +414,11 @@ def _numeric(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values
 
 
-def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str]) -> dict[str, Any]:
-    """Imputation, standardisation and one-hot categories, fitted on these (training) rows only."""
+def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str], *,
+                      missing_indicators: bool = False) -> dict[str, Any]:
+    """Imputation, standardisation and one-hot categories, fitted on these (training) rows only; with
+    `missing_indicators`, a numeric column with missing values in these rows also gets a 0/1 input saying
+    "this value was missing" (the fill alone would hide it)."""
     out = []
     for name in features:
         col = table.column(name)
@@ -436,10 +439,18 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
             median = float(np.median(finite))
             filled = np.where(np.isnan(values), median, values)
             std = float(filled.std())
-            out.append({"name": name, "kind": kinds[name], "fill": median, "mean": float(filled.mean()),
-                        "scale": std if std > 1e-12 else 1.0})
-    return {"features": out, "n_inputs": sum(len(f["categories"]) if f["kind"] == "categorical" else 1
-                                             for f in out)}
+            item = {"name": name, "kind": kinds[name], "fill": median, "mean": float(filled.mean()),
+                    "scale": std if std > 1e-12 else 1.0}
+            if missing_indicators and finite.size < values.size:
+                item["missing_indicator"] = True
+            out.append(item)
+    return {"features": out, "n_inputs": sum(_input_width(f) for f in out)}
+
+
+def _input_width(f: dict[str, Any]) -> int:
+    if f["kind"] == "categorical":
+        return len(f["categories"])
+    return 2 if f.get("missing_indicator") else 1
 
 
 def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
@@ -460,9 +471,13 @@ def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
             j += len(f["categories"])
         else:
             values = _numeric(col)
-            values = np.where(np.isnan(values), f["fill"], values)
+            missing = np.isnan(values)
+            values = np.where(missing, f["fill"], values)
             X[:, j] = (values - f["mean"]) / f["scale"]
             j += 1
+            if f.get("missing_indicator"):
+                X[:, j] = missing
+                j += 1
     return X
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from service.training import metrics as M
-from service.training.nets import NetSpec, build_network
+from service.training.nets import NetSpec, build_network, output_width
 
 EVAL_CHUNK = 65536
 
@@ -63,11 +63,9 @@ class TrainData:
 
     @property
     def n_outputs(self) -> int:
-        if self.task == "classification":
-            return 1 if self.n_classes == 2 else self.n_classes
-        if self.task == "autoencoder":
-            return self.X_train.shape[1]
-        return 1 if self.y_train.ndim == 1 else self.y_train.shape[1]
+        n_targets = 1 if self.y_train is None or self.y_train.ndim == 1 else self.y_train.shape[1]
+        return output_width(self.task, n_inputs=self.X_train.shape[1], n_classes=self.n_classes,
+                            n_targets=n_targets)
 
 
 @dataclass
@@ -86,13 +84,35 @@ class TrainState:
 
 
 @dataclass
+class EpochReport:
+    """What the loop tells its caller after each epoch: the figures, the history so far, and the resumable state,
+    built only when the caller asks for it (a checkpoint is due)."""
+
+    epoch: int
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    snapshot: Callable[[], Any]
+
+
+# The caller answers each report with None to go on, or the reason to stop after this epoch ("cancelled",
+# "time_limit"): the loop then returns at once with `stopped_by` set, keeping nothing half-done.
+EpochHook = Callable[[EpochReport], str | None]
+
+
+@dataclass
 class TrainResult:
     net: nn.Module
-    history: list[dict[str, float]] = field(default_factory=list)
-    cancelled: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str | None = None  # the hook's reason, when it stopped training
     best_epoch: int | None = None  # the epoch whose weights were kept, when early stopping monitored one
     stopped_at: int | None = None  # the epoch early stopping ended training, if it did
     info: dict[str, Any] = field(default_factory=dict)  # facts worth showing with the job's result
+    kept_metrics: dict[str, Any] | None = None  # the kept model's validation figures, when not one epoch's row
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None  # (outputs, targets) those figures came from
+
+    @property
+    def cancelled(self) -> bool:
+        return self.stopped_by == "cancelled"
 
 
 def _rng_states(dev: torch.device) -> dict[str, torch.Tensor]:
@@ -121,6 +141,8 @@ def make_optimizer(config: TrainConfig, params, device: torch.device | None = No
             return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused or None)
         case "rmsprop":
             return torch.optim.RMSprop(params, lr=lr, momentum=config.momentum, weight_decay=wd)
+        case "lbfgs":
+            return torch.optim.LBFGS(params, lr=lr, max_iter=20, history_size=20, line_search_fn="strong_wolfe")
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
@@ -173,6 +195,28 @@ class Task:
         return M.regression_metrics(out, y, self.scale)
 
 
+def _lbfgs_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, task: "Task", X: torch.Tensor, Y: torch.Tensor,
+                 weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One full-batch L-BFGS step; weight decay as an L2 term on the weights (L-BFGS has none of its own).
+    Returns the outputs and loss at the step's start, as a minibatch epoch reports its steps' own."""
+    weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+    first: list[torch.Tensor] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        out = net(X)
+        loss = task.loss(out, Y)
+        if not first:
+            first.extend([out.detach(), loss.detach()])
+        if weight_decay:
+            loss = loss + weight_decay / 2 * sum((w**2).sum() for w in weights)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return first[0], first[1]
+
+
 def forward_chunked(net: nn.Module, X: torch.Tensor) -> torch.Tensor:
     """The network's outputs for all rows, in chunks so that large splits fit in memory."""
     return torch.cat([net(X[i:i + EVAL_CHUNK]) for i in range(0, len(X), EVAL_CHUNK)])
@@ -192,14 +236,10 @@ def evaluate(net: nn.Module, task: Task, X: torch.Tensor, y: torch.Tensor) -> di
 
 
 def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str = "cpu",
-          on_epoch: Callable[[int, dict[str, float]], bool] | None = None,
-          on_state: Callable[[TrainState, list[dict[str, float]]], None] | None = None,
-          resume: TrainState | None = None, history: list[dict[str, float]] | None = None) -> TrainResult:
-    """Train a network; on_epoch(epoch, metrics) returning False stops after that epoch (cancel).
-
-    on_state receives a resumable snapshot after each epoch; `resume` (with the `history` so far)
-    continues from one.
-    """
+          on_epoch: EpochHook | None = None, resume: TrainState | None = None,
+          history: list[dict[str, Any]] | None = None) -> TrainResult:
+    """Train a network, reporting every epoch to `on_epoch` (see EpochHook); `resume` (with the `history` so far)
+    continues from a TrainState that a report's snapshot built."""
     dev = torch.device(device)
     torch.manual_seed(config.seed)
     net = build_network(net_spec, data.X_train.shape[1], data.n_outputs).to(dev)
@@ -238,7 +278,12 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
         perm = torch.randperm(n, generator=gen, device=dev)
         running = torch.zeros((), device=dev)
         seen, outputs, rows = 0, [], []
-        for start in range(0, n, config.batch_size):
+        if config.optimizer == "lbfgs":
+            # Full batch: one L-BFGS step (up to 20 line-searched iterations) per epoch on every training row, so
+            # that logistic regression reaches the optimum of its log-likelihood instead of creeping towards it.
+            out, loss = _lbfgs_epoch(net, optimizer, task, X, Y, config.weight_decay)
+            running, seen, outputs, rows = loss * n, n, [out], [torch.arange(n, device=dev)]
+        for start in range(0, n if config.optimizer != "lbfgs" else 0, config.batch_size):
             idx = perm[start:start + config.batch_size]
             if has_batch_norm and len(idx) < 2 and n > 1:
                 continue  # batch norm cannot normalise a batch of one in train mode
@@ -288,14 +333,19 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             elif epoch - result.best_epoch >= config.early_stopping_patience:
                 result.stopped_at = stop = epoch
-        if on_state is not None:
-            on_state(TrainState(epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict() if scheduler is not None else None,
-                                generator=gen.get_state(), best_epoch=result.best_epoch, best_score=best_score,
-                                best_net=best_state, rng=_rng_states(dev)), result.history)
-        if on_epoch is not None and on_epoch(epoch, row) is False:
-            result.cancelled = True
-            break
+
+        def snapshot(epoch: int = epoch, best_score: float = best_score, best_state=best_state,
+                     best_epoch: int | None = result.best_epoch) -> TrainState:
+            return TrainState(epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
+                              scheduler=scheduler.state_dict() if scheduler is not None else None,
+                              generator=gen.get_state(), best_epoch=best_epoch, best_score=best_score,
+                              best_net=best_state, rng=_rng_states(dev))
+
+        if on_epoch is not None:
+            reason = on_epoch(EpochReport(epoch=epoch, metrics=row, history=result.history, snapshot=snapshot))
+            if reason is not None:
+                result.stopped_by = reason
+                break
         if stop:
             break
     if best_state is not None:

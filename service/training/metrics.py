@@ -3,6 +3,24 @@
 import torch
 from torch.nn import functional as F
 
+# The figures each task computes per split, and those early stopping may monitor.
+METRICS = {
+    "classification": ["loss", "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
+                       "auroc", "log_loss"],
+    "regression": ["loss", "mse", "rmse", "mae", "r2"],
+    "autoencoder": ["loss"],
+}
+MONITORED = {
+    "classification": ["loss", "accuracy", "balanced_accuracy", "f1_macro", "auroc"],
+    "regression": ["loss", "rmse", "mae", "r2"],
+    "autoencoder": ["loss"],
+}
+
+
+def metric_names(task: str, *, split: str = "val") -> list[str]:
+    """The metrics early stopping can monitor for a task, as named in an epoch's row (e.g. val_accuracy)."""
+    return [f"{split}_{name}" for name in MONITORED[task]]
+
 
 def wide(t: torch.Tensor) -> torch.Tensor:
     """float64 for exact ratios (27/30 is 0.9, not 0.8999999761); MPS has no float64."""

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -93,3 +94,122 @@ def encoder_of(net: nn.Sequential) -> nn.Module:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+# ---------------------------------------------------------------- batched ensembles
+
+
+class BatchedLinear(nn.Module):
+    """K independent linear layers in one tensor: weight [K, in, out], bias [K, 1, out].
+
+    A [B, in] input (the same rows for every member) is one matrix product against all members' weights side by
+    side; a [K, B, in] input (each member's own activations) is one `baddbmm`. `member(k)` is the plain
+    `nn.Linear` that member k is equivalent to.
+    """
+
+    def __init__(self, members: int, fan_in: int, fan_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, fan_in, fan_out))
+        self.bias = nn.Parameter(torch.zeros(members, 1, fan_out))
+
+    def init_like(self, activation: str | None, *, zero: bool = False) -> None:
+        """Each member initialised exactly as `_init_linear` initialises an nn.Linear, one after another."""
+        with torch.no_grad():
+            for k in range(self.weight.shape[0]):
+                layer = nn.Linear(self.weight.shape[1], self.weight.shape[2])
+                if zero:
+                    nn.init.zeros_(layer.weight)
+                else:
+                    _init_linear(layer, activation)
+                self.weight[k].copy_(layer.weight.T)
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            k, fan_in, fan_out = self.weight.shape
+            flat = self.weight.transpose(0, 1).reshape(fan_in, k * fan_out)
+            return (x @ flat).view(len(x), k, fan_out).transpose(0, 1) + self.bias
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def member(self, k: int) -> nn.Linear:
+        layer = nn.Linear(self.weight.shape[1], self.weight.shape[2])
+        with torch.no_grad():
+            layer.weight.copy_(self.weight[k].T)
+            layer.bias.copy_(self.bias[k, 0])
+        return layer
+
+
+class EnsembleNet(nn.Module):
+    """K member MLPs trained as one network: [B, in] → [K, B, out] (each member's outputs for every row).
+
+    Member k is Linear → activation → dropout(p_k) per hidden layer, then a linear output, plus (with
+    `linear_skip`) a linear path from the inputs straight to the outputs, so that near-linear data is not lost to
+    an MLP that overfits. `dropout` holds each member's own rate; `member_weights` the weights of the ensemble's
+    average (set by member selection; uniform before).
+    """
+
+    def __init__(self, n_inputs: int, n_outputs: int, members: int, hidden_layers: tuple[int, ...],
+                 activation: str = "relu", linear_skip: bool = True) -> None:
+        super().__init__()
+        sizes = [n_inputs, *hidden_layers, n_outputs]
+        self.layers = nn.ModuleList(BatchedLinear(members, a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+        for i, layer in enumerate(self.layers):
+            layer.init_like(None if i == len(self.layers) - 1 else activation)
+        self.skip = BatchedLinear(members, n_inputs, n_outputs) if linear_skip else None
+        if self.skip is not None:
+            self.skip.init_like(None, zero=True)  # starts as the plain MLP; grows where the data is linear
+        self.activation = ACTIVATIONS[activation]()
+        self.register_buffer("dropout", torch.zeros(members))
+        self.register_buffer("member_weights", torch.full((members,), 1.0 / members))
+
+    @property
+    def members(self) -> int:
+        return int(self.dropout.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < last:
+                h = self.activation(h)
+                if self.training and bool((self.dropout > 0).any()):
+                    p = self.dropout.view(-1, 1, 1)
+                    h = h * (torch.rand_like(h) >= p) / (1 - p)
+        if self.skip is not None:
+            h = h + self.skip(x)
+        return h
+
+    def keep(self, members: list[int], weights: list[float]) -> None:
+        """Drop every member not in `members` (in place); the kept ones average with `weights`."""
+        idx = torch.as_tensor(members, dtype=torch.long, device=self.dropout.device)
+        for layer in [*self.layers, *([self.skip] if self.skip is not None else [])]:
+            layer.weight = nn.Parameter(layer.weight.data[idx].clone())
+            layer.bias = nn.Parameter(layer.bias.data[idx].clone())
+        self.dropout = self.dropout[idx].clone()
+        self.member_weights = torch.as_tensor(weights, dtype=torch.float32, device=idx.device)
+
+
+def build_ensemble(n_inputs: int, n_outputs: int, members: int, hidden_layers: tuple[int, ...], activation: str,
+                   linear_skip: bool) -> EnsembleNet:
+    return EnsembleNet(n_inputs, n_outputs, members, hidden_layers, activation, linear_skip)
+
+
+def output_width(task: str, *, n_inputs: int, n_classes: int = 0, n_targets: int = 1) -> int:
+    """How many outputs a network has: one logit for two classes, one per class beyond; one per regression target;
+    an autoencoder reproduces its inputs."""
+    if task == "classification":
+        return 1 if n_classes == 2 else n_classes
+    if task == "autoencoder":
+        return n_inputs
+    return n_targets
+
+
+def build_for(model: Any, n_inputs: int, n_outputs: int) -> nn.Module:
+    """The network a resolved model spec (anything with the ModelSpec fields) describes."""
+    if model.type == "ensemble":
+        return EnsembleNet(n_inputs, n_outputs, model.members, tuple(model.hidden_layers), model.activation,
+                           bool(model.linear_skip))
+    return build_network(NetSpec(type=model.type, hidden_layers=tuple(model.hidden_layers),
+                                 activation=model.activation, dropout=float(model.dropout),
+                                 batch_norm=bool(model.batch_norm)), n_inputs, n_outputs)

@@ -7,12 +7,11 @@
 """
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from service.training.loop import TrainConfig, TrainData, TrainResult
+from service.training.loop import EpochHook, EpochReport, TrainConfig, TrainData, TrainResult
 from service.training.nets import NetSpec, build_network
 
 
@@ -21,7 +20,7 @@ def threshold(z: np.ndarray) -> np.ndarray:
 
 
 def train_perceptron(data: TrainData, config: TrainConfig,
-                     on_epoch: Callable[[int, dict[str, float]], bool] | None = None) -> TrainResult:
+                     on_epoch: EpochHook | None = None) -> TrainResult:
     """Per-example updates until an epoch makes no mistake or the epochs run out."""
     if data.task != "classification" or data.n_classes != 2:
         raise ValueError("the perceptron learns binary targets only")
@@ -44,9 +43,12 @@ def train_perceptron(data: TrainData, config: TrainConfig,
             row["val_accuracy"] = float((threshold(Xv @ w) == yv).mean())
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
-        if on_epoch is not None and on_epoch(epoch, row) is False:
-            result.cancelled = True
-            break
+        if on_epoch is not None:
+            # Nothing to resume from: a perceptron's epoch is a few milliseconds.
+            reason = on_epoch(EpochReport(epoch=epoch, metrics=row, history=result.history, snapshot=lambda: None))
+            if reason is not None:
+                result.stopped_by = reason
+                break
         if mistakes == 0:
             converged_at = epoch
             break

@@ -10,7 +10,11 @@ from torch import nn
 
 from service.training import data as D
 from service.training import metrics as M
-from service.training.loop import Task, TrainData, evaluate, forward_chunked
+from service.training.artifact import ModelMeta
+from service.training.ensemble import ensemble_outputs
+from service.training.ensemble import spread as ensemble_spread
+from service.training.loop import Task, TrainData, as_floats, forward_chunked
+from service.training.nets import EnsembleNet
 
 
 @dataclass
@@ -80,7 +84,8 @@ def _assemble(task: str, params: dict[str, Any], y_all: np.ndarray | None, X_of,
 
 
 def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
-            split: SplitSpec, class_weights: str | dict[str, float] | None = None) -> Prepared:
+            split: SplitSpec, class_weights: str | dict[str, float] | None = None,
+            missing_indicators: bool = False) -> Prepared:
     """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
     params, y_all, keep = _fit_targets(table, targets, task)
     n_dropped = 0
@@ -96,7 +101,7 @@ def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: 
         # The first call is with the training rows: preprocessing is fitted on them alone.
         part = table.take(pa.array(rows))
         if not fitted:
-            fitted.update(D.fit_preprocessing(part, features, kinds))
+            fitted.update(D.fit_preprocessing(part, features, kinds, missing_indicators=missing_indicators))
         return D.transform(part, fitted)
 
     data, X_test, y_test, counts = _assemble(task, params, y_all, X_of, split, class_weights, table.num_rows)
@@ -122,13 +127,22 @@ def prepare_arrays(arrays: dict[str, np.ndarray], *, task: str, split: SplitSpec
     return Prepared(data=data, preprocessing=pre, target=params, info=info, X_test=X_test, y_test=y_test)
 
 
-def final_report(net: nn.Module, prepared: Prepared, device: str = "cpu") -> dict[str, Any]:
-    """Held-out test metrics (once, on the final model) and, for classifiers, a labelled confusion matrix."""
+def final_report(net: nn.Module, prepared: Prepared, device: str = "cpu",
+                 held_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Held-out test metrics (once, on the final model) and, for classifiers, a labelled confusion matrix: of the
+    test rows, else of the validation rows, else of `held_out` (an ensemble's out-of-fold outputs and targets)."""
     data = prepared.data
     dev = torch.device(device)
     task = Task(data, dev)
     out: dict[str, Any] = {}
     has_test = len(prepared.X_test) > 0
+    if not has_test and len(data.X_val) == 0 and held_out is not None:
+        if data.task == "classification" and data.n_classes:
+            outputs, targets = held_out
+            cm = M.confusion_matrix(targets, M.predicted_classes(outputs, data.n_classes), data.n_classes)
+            out["confusion_matrix"] = {"split": "out-of-fold", "labels": [str(v) for v in prepared.target["labels"]],
+                                       "matrix": cm.cpu().tolist()}
+        return out
     X_eval, y_eval = (prepared.X_test, prepared.y_test) if has_test else (data.X_val, data.y_val)
     if len(X_eval) == 0:
         return out
@@ -136,23 +150,31 @@ def final_report(net: nn.Module, prepared: Prepared, device: str = "cpu") -> dic
     yt = task.targets(Xt, y_eval)
     net.eval()
     with torch.inference_mode():
+        outputs = network_outputs(net, Xt, data.task, data.n_classes)
         if has_test:
-            out["test"] = evaluate(net, task, Xt, yt)
+            out["test"] = as_floats(task.metrics(outputs, yt))
         if data.task == "classification" and data.n_classes:
-            pred = M.predicted_classes(forward_chunked(net, Xt), data.n_classes)
+            pred = M.predicted_classes(outputs, data.n_classes)
             cm = M.confusion_matrix(yt, pred, data.n_classes).cpu().tolist()
             out["confusion_matrix"] = {"split": "test" if has_test else "validation",
                                        "labels": [str(v) for v in prepared.target["labels"]], "matrix": cm}
     return out
 
 
-def inputs_from_table(table: pa.Table, meta: dict[str, Any]) -> np.ndarray:
-    return D.transform(table, meta["preprocessing"])
+def network_outputs(net: nn.Module, X: torch.Tensor, task: str, n_classes: int) -> torch.Tensor:
+    """Logits (or values) for every row, from a single network or an ensemble's weighted average."""
+    if isinstance(net, EnsembleNet):
+        return ensemble_outputs(net, X, task, n_classes)
+    return forward_chunked(net, X)
 
 
-def inputs_from_arrays(inputs: Any, meta: dict[str, Any]) -> np.ndarray:
+def inputs_from_table(table: pa.Table, meta: ModelMeta) -> np.ndarray:
+    return D.transform(table, meta.preprocessing)
+
+
+def inputs_from_arrays(inputs: Any, meta: ModelMeta) -> np.ndarray:
     """Nested arrays shaped like the uploaded X (one per record) → the network's flattened inputs."""
-    pre = meta["preprocessing"]
+    pre = meta.preprocessing
     try:
         arr = np.asarray(inputs, dtype=np.float64)
     except (ValueError, TypeError):
@@ -169,48 +191,73 @@ def inputs_from_arrays(inputs: Any, meta: dict[str, Any]) -> np.ndarray:
 @dataclass
 class RawPrediction:
     """A model's answers as arrays: class indices into meta's labels (+ probabilities [n, classes], None for a
-    perceptron), or values [n, targets] (regression; an autoencoder's reconstruction error as one column)."""
+    perceptron), or values [n, targets] (regression; an autoencoder's reconstruction error as one column); and,
+    when asked of an ensemble, how much its members disagree (per-row arrays)."""
 
     classes: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     values: np.ndarray | None = None
+    spread: dict[str, np.ndarray] | None = None
 
 
-def predict_arrays(net: nn.Module, meta: dict[str, Any], X: np.ndarray, device: str = "cpu") -> RawPrediction:
+def predict_arrays(net: nn.Module, meta: ModelMeta, X: np.ndarray, device: str = "cpu",
+                   uncertainty: bool = False) -> RawPrediction:
     """The network's answers for preprocessed inputs, as arrays (batch scoring writes them as columns)."""
-    target = meta["target"]
+    target = meta.target
+    task = target["task"]
+    n_classes = len(target.get("labels", []))
     Xt = torch.as_tensor(X, device=device)
     with torch.inference_mode():
-        out = forward_chunked(net, Xt)
-        if target["task"] == "classification":
-            if meta["spec"]["model"]["type"] == "perceptron":
+        out = network_outputs(net, Xt, task, n_classes)
+        spread = None
+        if uncertainty and isinstance(net, EnsembleNet):
+            spread = {k: v.cpu().numpy().astype(np.float64) for k, v in ensemble_spread(net, Xt, task,
+                                                                                         n_classes).items()}
+            if task == "regression":
+                spread["std"] = spread["std"] * np.asarray(target["scale"])
+        if task == "classification":
+            if meta.model_type == "perceptron":
                 # A threshold unit has no probabilities: say so rather than inventing them.
                 return RawPrediction(classes=(out[:, 0] > 0).long().cpu().numpy())
-            probs = M.class_probabilities(out, len(target["labels"])).cpu().numpy().astype(np.float64)
-            return RawPrediction(classes=probs.argmax(axis=1), probabilities=probs)
-        if target["task"] == "autoencoder":
+            probs = M.class_probabilities(out, n_classes).cpu().numpy().astype(np.float64)
+            return RawPrediction(classes=probs.argmax(axis=1), probabilities=probs, spread=spread)
+        if task == "autoencoder":
             # An autoencoder's answer per record is its reconstruction error (an anomaly score).
             return RawPrediction(values=((out - Xt) ** 2).mean(dim=1, keepdim=True).cpu().numpy().astype(np.float64))
-    return RawPrediction(values=D.decode_regression(out.cpu().numpy().astype(np.float64), target))
+    return RawPrediction(values=D.decode_regression(out.cpu().numpy().astype(np.float64), target), spread=spread)
 
 
-def predict_inputs(net: nn.Module, meta: dict[str, Any], X: np.ndarray, device: str = "cpu") -> dict[str, Any]:
+def _uncertainty(raw: RawPrediction, target: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if raw.spread is None:
+        return None
+    if "disagreement" in raw.spread:
+        return [{"std": s, "disagreement": d} for s, d in
+                zip(raw.spread["std"].tolist(), raw.spread["disagreement"].tolist(), strict=True)]
+    std = raw.spread["std"]
+    if std.shape[1] == 1:
+        return [{"std": v} for v in std[:, 0].tolist()]
+    return [{"std": dict(zip(target["names"], row, strict=True))} for row in std.tolist()]
+
+
+def predict_inputs(net: nn.Module, meta: ModelMeta, X: np.ndarray, device: str = "cpu",
+                   uncertainty: bool = False) -> dict[str, Any]:
     """Predictions in the user's label space (and class probabilities) for preprocessed inputs, as JSON values."""
-    target = meta["target"]
-    raw = predict_arrays(net, meta, X, device)
+    target = meta.target
+    raw = predict_arrays(net, meta, X, device, uncertainty=uncertainty)
+    extra = {"uncertainty": _uncertainty(raw, target)} if uncertainty else {}
     if raw.classes is not None:
         # Whole-array conversions, then one dict per row: per-element float() calls cost more than the network
         # on large batches.
         predictions = np.asarray(target["labels"], dtype=object)[raw.classes].tolist()
         if raw.probabilities is None:
-            return {"predictions": predictions, "probabilities": None}
+            return {"predictions": predictions, "probabilities": None, **extra}
         names = [str(label) for label in target["labels"]]
         return {"predictions": predictions,
-                "probabilities": [dict(zip(names, row, strict=True)) for row in raw.probabilities.tolist()]}
+                "probabilities": [dict(zip(names, row, strict=True)) for row in raw.probabilities.tolist()], **extra}
     if raw.values.shape[1] == 1:
-        return {"predictions": raw.values[:, 0].tolist(), "probabilities": None}
+        return {"predictions": raw.values[:, 0].tolist(), "probabilities": None, **extra}
     return {"predictions": [dict(zip(target["names"], row, strict=True)) for row in raw.values.tolist()],
-            "probabilities": None}
+            "probabilities": None, **extra}
 
 
 def embed_inputs(net: nn.Sequential, X: np.ndarray, device: str = "cpu") -> list[list[float]]:

@@ -340,7 +340,8 @@ FAILING_TRAINING = [
                  {"target": "species", "training": {"epochs": 3, "class_weights": {"Iris-rose": 2.0}}},
                  "class_weights names label(s) ['Iris-rose']", id="class-weight-for-an-unknown-label"),
     pytest.param(dataset_path("diabetes.csv").read_bytes(),
-                 {"target": "progression", "training": {"optimizer": "sgd", "learning_rate": 10.0, "epochs": 50}},
+                 {"target": "progression", "model": {"type": "mlp"},
+                  "training": {"optimizer": "sgd", "learning_rate": 10.0, "epochs": 50}},
                  "loss became NaN at epoch", id="diverging-learning-rate"),
 ]
 

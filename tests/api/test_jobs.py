@@ -15,10 +15,33 @@ def test_submit_returns_202_with_location_and_inferred_task(client, iris):
     job = resp.json()
     assert resp.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["task"] == "classification"
-    assert job["progress"] == {"epoch": 0, "epochs": 300}
+    assert job["progress"] == {"epoch": 0, "epochs": 200}
     assert job["spec"]["features"] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-    assert job["spec"]["model"] == {"type": "mlp", "hidden_layers": [64, 64], "activation": "relu",
-                                    "dropout": 0.1, "batch_norm": False}
+    # the default is the ensemble, resolved for 150 rows: 16 members over 4 folds, batches of 32
+    assert job["spec"]["schema_version"] == 2
+    assert job["spec"]["model"] == {"type": "ensemble", "hidden_layers": [128, 128], "activation": "relu",
+                                    "dropout": None, "batch_norm": False, "members": 16, "folds": 4,
+                                    "linear_skip": True, "dropout_range": [0.0, 0.3]}
+    training = job["spec"]["training"]
+    assert training["batch_size"] == 32 and training["optimizer"] == "adamw"
+    assert training["learning_rate_range"] == [0.001, 0.01] and training["validation_fraction"] == 0.0
+
+
+def test_one_mlp_resolves_to_exactly_the_lectures_defaults(client, iris):
+    from service.training.loop import TrainConfig
+    from service.training.nets import NetSpec
+
+    job = client.post("/jobs", json={"dataset_id": iris["id"], "target": "species", "model": {"type": "mlp"}}).json()
+    model, training = job["spec"]["model"], job["spec"]["training"]
+    net, config = NetSpec(), TrainConfig()
+    assert (model["type"], tuple(model["hidden_layers"]), model["activation"], model["dropout"],
+            model["batch_norm"]) == (net.type, net.hidden_layers, net.activation, net.dropout, net.batch_norm)
+    assert {k: training[k] for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum", "nesterov",
+                                     "weight_decay", "seed", "early_stopping_patience", "early_stopping_metric")} \
+        == {k: getattr(config, k) for k in ("epochs", "batch_size", "optimizer", "learning_rate", "momentum",
+                                            "nesterov", "weight_decay", "seed", "early_stopping_patience",
+                                            "early_stopping_metric")} | {"epochs": 300}
+    assert training["validation_fraction"] == 0.2 and training["test_fraction"] == 0.0
     assert client.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
 
 

@@ -197,8 +197,9 @@ def test_another_owner_gets_404_everywhere_and_an_admin_sees_everything(app, own
 
 def test_workers_show_running_jobs_to_their_owner_and_admins_only(app, owners):
     alice, bob, admin = owners["alice"], owners["bob"], owners["admin"]
-    long = {"epochs": 100_000, "batch_size": 1, "early_stopping_patience": 0}
-    job = alice.post("/jobs", json={"dataset_id": owners["ds"], "target": "species", "training": long}).json()
+    long = {"epochs": 100_000, "batch_size": 1, "early_stopping_patience": 0}  # one mlp, below
+    job = alice.post("/jobs", json={"dataset_id": owners["ds"], "target": "species", "model": {"type": "mlp"},
+                                    "training": long}).json()
     supervisor = threading.Thread(target=owners["worker"].run_once, kwargs={"timeout_s": 120})
     supervisor.start()
     wait_job(alice, job["id"], ("running",))
@@ -221,12 +222,15 @@ def test_model_download_is_safetensors_and_json(owners):
     weights = load(archive.read("weights.safetensors"))
     meta = json.loads(archive.read("model.json"))
     assert meta["target"]["labels"] == ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
-    assert meta["n_inputs"] == 4 and meta["spec"]["model"]["type"] == "mlp"
+    assert meta["n_inputs"] == 4 and meta["spec"]["model"]["type"] == "ensemble"
     assert [f["name"] for f in meta["features"]] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-    from service.training.nets import NetSpec, build_network
+    from service.training.nets import EnsembleNet
 
-    net = build_network(NetSpec.from_dict(meta["spec"]["model"]), meta["n_inputs"], meta["n_outputs"])
+    model = meta["spec"]["model"]
+    net = EnsembleNet(meta["n_inputs"], meta["n_outputs"], meta["ensemble"]["members"], tuple(model["hidden_layers"]),
+                      model["activation"], model["linear_skip"])
     net.load_state_dict(weights)  # strict: the archive alone rebuilds the trained network
+    assert len(meta["ensemble"]["kept"]) == meta["ensemble"]["members"] == net.member_weights.numel()
 
 
 # ---------------------------------------------------------------- limits
@@ -250,8 +254,11 @@ def test_rows_and_columns_per_data_set(migrated):
 @pytest.mark.parametrize(("limits", "patch", "field", "fragment"), [
     ({"max_layers": 2}, {"model": {"hidden_layers": [8, 8, 8]}}, "model.hidden_layers", "at most 2"),
     ({"max_layer_width": 32}, {"model": {"hidden_layers": [16, 64]}}, "model.hidden_layers.1", "at most 32"),
-    ({"max_parameters": 1000}, {"model": {"hidden_layers": [64, 64]}}, "model.hidden_layers",
+    ({"max_parameters": 1000}, {"model": {"type": "mlp", "hidden_layers": [64, 64]}}, "model.hidden_layers",
      "about 4,675 parameters"),
+    # 16 members × (4·8+8 + 8·3+3 + a 4·3+3 linear path)
+    ({"max_parameters": 1000}, {"model": {"hidden_layers": [8]}}, "model.hidden_layers",
+     "about 1,312 parameters"),
     ({"max_epochs": 10}, {"training": {"epochs": 11}}, "training.epochs", "at most 10"),
     ({"max_batch_size": 64}, {"training": {"batch_size": 128}}, "training.batch_size", "at most 64"),
     ({"max_runtime_s": 60}, {"max_runtime_s": 61}, "max_runtime_s", "at most 60 s"),
@@ -268,7 +275,7 @@ def test_runtime_ceiling_applies_to_jobs_that_set_none(migrated):
     with limited(migrated, max_runtime_s=60, max_parameters=100) as c:
         ds = upload(c, "iris.csv").json()
         small = c.post("/jobs", json={"dataset_id": ds["id"], "target": "species",
-                                      "model": {"hidden_layers": [8]}})
+                                      "model": {"type": "mlp", "hidden_layers": [8]}})
         assert small.status_code == 202, small.text  # 4*8+8 + 8*3+3 = 67 parameters
         assert small.json()["spec"]["max_runtime_s"] == 60
 
@@ -276,8 +283,9 @@ def test_runtime_ceiling_applies_to_jobs_that_set_none(migrated):
 def test_parameter_estimate_matches_the_network_built(migrated):
     from service.jobs import estimate_parameters
     from service.schemas import JobCreate
+    from service.spec import resolve
     from service.tables import Dataset
-    from service.training.nets import NetSpec, build_network
+    from service.training.nets import EnsembleNet, NetSpec, build_network
 
     columns = [{"name": f"x{i}", "kind": "numeric", "n_unique": 10} for i in range(7)]
     columns.append({"name": "y", "kind": "categorical", "n_unique": 4})
@@ -288,11 +296,16 @@ def test_parameter_estimate_matches_the_network_built(migrated):
         ({"type": "mlp", "hidden_layers": [5]}, "regression", ["x0"], 1),
         ({"type": "logistic_regression"}, "classification", ["y"], 4),
         ({"type": "autoencoder", "hidden_layers": [6, 3], "batch_norm": True}, "autoencoder", [], 7),
+        ({"type": "ensemble", "hidden_layers": [6], "members": 8}, "classification", ["y"], 4),
     ]:
         spec = JobCreate(dataset_id="ds", target=targets[0] if targets else None, model=model)
         feats = features if "x0" not in targets else features[1:]
-        built = build_network(NetSpec.from_dict(spec.model.model_dump()), len(feats), n_out)
-        assert estimate_parameters(spec, dataset, targets, feats, task) == sum(p.numel() for p in built.parameters())
+        stored = resolve(spec, targets=targets, features=feats, task=task, n_rows=100, max_runtime_s=60)
+        if model["type"] == "ensemble":
+            built = EnsembleNet(len(feats), n_out, 8, (6,), "relu", linear_skip=True)
+        else:
+            built = build_network(NetSpec.from_dict(spec.model.model_dump(exclude_none=True)), len(feats), n_out)
+        assert estimate_parameters(stored, dataset) == sum(p.numel() for p in built.parameters())
 
 
 def test_queued_and_running_jobs_per_owner_are_capped_with_429(migrated):

@@ -44,7 +44,8 @@ def epochs_recorded(http, job_id):
     return [e["epoch"] for e in http.get(f"/jobs/{job_id}/metrics").json()["epochs"]]
 
 
-LONG = {"target": "diagnosis", "training": {"epochs": 120, "batch_size": 8, "early_stopping_patience": 0}}
+LONG = {"target": "diagnosis", "model": {"type": "mlp"},
+        "training": {"epochs": 120, "batch_size": 8, "early_stopping_patience": 0}}
 
 
 def test_three_workers_sixty_jobs_each_run_exactly_once(stack):
@@ -108,6 +109,7 @@ def test_api_restart_loses_nothing(stack):
     stack.start("w", "worker", "--devices", "cpu")
     ds = upload(stack.http, "iris.csv")
     ids = [stack.http.post("/jobs", json={"dataset_id": ds["id"], "target": "species",
+                                          "model": {"type": "mlp"},
                                           "training": {"epochs": 40, "early_stopping_patience": 0}}).json()["id"]
            for _ in range(4)]
     wait_for(lambda: job(stack.http, ids[0])["status"] == "running", what="the first job to run")

@@ -56,7 +56,8 @@ def iris_dataset(server) -> dict:
 
 
 def submit(server, dataset: dict, training: dict) -> dict:
-    resp = server.post("/jobs", json={"dataset_id": dataset["id"], "target": "species", "training": training})
+    resp = server.post("/jobs", json={"dataset_id": dataset["id"], "target": "species", "model": {"type": "mlp"},
+                                      "training": training})
     assert resp.status_code == 202, resp.text
     return resp.json()
 

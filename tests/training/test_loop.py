@@ -3,7 +3,7 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 
-from service.training.artifact import WEIGHTS, load_model, save_model
+from service.training.artifact import WEIGHTS, ModelMeta, load_model, save_model
 from service.training.loop import TrainConfig, TrainData, TrainingError, train
 from service.training.nets import NetSpec
 from service.training.pipeline import SplitSpec, predict_inputs, prepare
@@ -75,7 +75,7 @@ def test_training_mode_is_restored_after_each_evaluation():
     seen = []
     prepared = iris_prepared()
     result = train(prepared.data, NetSpec(dropout=0.5), TrainConfig(epochs=3, early_stopping_patience=0),
-                   on_epoch=lambda epoch, row: seen.append(epoch) is None)
+                   on_epoch=lambda report: seen.append(report.epoch))
     assert seen == [1, 2, 3]
     assert not result.net.training  # handed back in eval mode for inference
 
@@ -83,9 +83,10 @@ def test_training_mode_is_restored_after_each_evaluation():
 def test_model_round_trips_through_safetensors_and_json(tmp_path):
     prepared = iris_prepared()
     result = train(prepared.data, NetSpec(hidden_layers=(16,), batch_norm=True, dropout=0.2), TrainConfig(epochs=5))
-    meta = {"spec": {"model": {"type": "mlp", "hidden_layers": [16], "activation": "relu", "dropout": 0.2,
-                               "batch_norm": True}},
-            "n_inputs": 4, "n_outputs": 3, "preprocessing": prepared.preprocessing, "target": prepared.target}
+    meta = ModelMeta(spec={"model": {"type": "mlp", "hidden_layers": [16], "activation": "relu", "dropout": 0.2,
+                                     "batch_norm": True}},
+                     task="classification", n_inputs=4, n_outputs=3, preprocessing=prepared.preprocessing,
+                     target=prepared.target)
     save_model(tmp_path / "m", result.net, meta)
     assert (tmp_path / "m" / WEIGHTS).read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle stream
     net, loaded = load_model(tmp_path / "m")
@@ -121,12 +122,15 @@ def test_resuming_from_a_checkpoint_continues_bit_for_bit(tmp_path):
     whole = train(prepared.data, spec, config)
     saved = {}
 
-    def keep(state, history):
-        if state.epoch == 5:
-            save_checkpoint(tmp_path, "ck", state, {"history": history})
-            saved["epoch"] = state.epoch
+    def keep(report):
+        if report.epoch == 5:
+            save_checkpoint(tmp_path, "ck", report.snapshot(), {"history": report.history})
+            saved["epoch"] = report.epoch
+            return "cancelled"
+        return None
 
-    train(prepared.data, spec, config, on_epoch=lambda epoch, row: epoch < 5, on_state=keep)
+    stopped = train(prepared.data, spec, config, on_epoch=keep)
+    assert stopped.cancelled and len(stopped.history) == 5
     fields, extra = load_checkpoint(tmp_path, "ck")
     resumed = train(prepared.data, spec, config, resume=TrainState(**fields), history=extra["history"])
 
@@ -138,3 +142,22 @@ def test_resuming_from_a_checkpoint_continues_bit_for_bit(tmp_path):
     assert resumed.best_epoch == whole.best_epoch
     for a, b in zip(resumed.net.state_dict().values(), whole.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_logistic_regression_by_lbfgs_reaches_scikit_learns_optimum():
+    from sklearn.linear_model import LogisticRegression
+
+    from service.spec import LOGISTIC_TRAINING
+
+    table = pacsv.read_csv(dataset_path("breast_cancer.csv"))
+    features = [c for c in table.column_names if c != "diagnosis"]
+    prepared = prepare(table, targets=["diagnosis"], features=features, kinds={f: "numeric" for f in features},
+                       task="classification", split=SplitSpec(validation_fraction=0.2, seed=0))
+    data = prepared.data
+    config = TrainConfig(optimizer=LOGISTIC_TRAINING["optimizer"], learning_rate=LOGISTIC_TRAINING["learning_rate"],
+                         epochs=30, early_stopping_patience=0, weight_decay=1 / len(data.X_train))
+    result = train(data, NetSpec(type="logistic_regression"), config)
+    reference = LogisticRegression(C=1.0, max_iter=10_000, tol=1e-10).fit(data.X_train, data.y_train)
+    layer = result.net[0]
+    assert np.allclose(layer.weight.detach().numpy()[0], reference.coef_[0], atol=2e-3)
+    assert abs(float(layer.bias.detach()[0]) - reference.intercept_[0]) < 2e-3

@@ -11,6 +11,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from service.training import metrics as M
+from service.training.artifact import ModelMeta
 from service.training.loop import TrainConfig, TrainData, train
 from service.training.nets import NetSpec
 from service.training.perceptron import train_perceptron
@@ -189,7 +190,8 @@ def test_multi_target_regression_predicts_each_target_in_its_units():
                        task="regression", split=SplitSpec())
     result = train(prepared.data, NetSpec(), TrainConfig(epochs=60))
     assert result.history[-1]["val_r2"] > 0.9
-    meta = {"spec": {"model": {"type": "mlp"}}, "target": prepared.target}
+    meta = ModelMeta(spec={"model": {"type": "mlp"}}, task="regression", target=prepared.target,
+                     preprocessing=prepared.preprocessing, n_inputs=3, n_outputs=2)
     out = predict_inputs(result.net, meta, prepared.data.X_val[:2])
     assert set(out["predictions"][0]) == {"t1", "t2"} and 60 < out["predictions"][0]["t1"] < 140
 

@@ -342,7 +342,7 @@ def jobs_list(status: Annotated[str | None, typer.Option(help="queued, running, 
     for job in page["items"]:
         table.add_row(job["id"], _status(job["status"]), job["task"],
                       f"{job['progress']['epoch']}/{job['progress']['epochs']}",
-                      _headline(job["latest_metrics"], short=True), job["model_id"] or "-",
+                      _headline(job.get("metrics") or job["latest_metrics"], short=True), job["model_id"] or "-",
                       _when(job["created_at"], short=True))
     _console().print(table)
 
@@ -362,6 +362,9 @@ def _job_rows(job: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
     if job.get("waiting_for"):
         rows.append(("waiting for", escape(job["waiting_for"])))
+    if job.get("metrics"):
+        rows.append(("kept model", ", ".join(f"{k} {_number(v)}" for k, v in job["metrics"].items()
+                                             if k.startswith("val_") and isinstance(v, (int, float)))))
     if job["latest_metrics"]:
         rows.append(("latest", ", ".join(f"{k} {_number(v)}" for k, v in job["latest_metrics"].items()
                                          if k != "epoch" and isinstance(v, (int, float)))))
@@ -446,7 +449,12 @@ def _summary(job: dict[str, Any]) -> str:
         result = job.get("result") or {}
         best = result.get("best_epoch")
         epochs = f"{job['progress']['epoch']} epochs" + (f" (kept epoch {best})" if best else "")
-        return (f"[green]✓[/] {job['id']} succeeded{took}: {epochs}, {_headline(job['latest_metrics'])}; "
+        kept = _headline(job.get("metrics") or job["latest_metrics"])
+        if result.get("ensemble"):
+            ensemble = result["ensemble"]
+            epochs += f", {ensemble['members']} of {ensemble['members_trained']} members kept"
+            kept += f" ({ensemble['estimate']})"
+        return (f"[green]✓[/] {job['id']} succeeded{took}: {epochs}, {kept}; "
                 f"model [bold]{job['model_id']}[/]")
     mark = "[red]✗[/]" if status == "failed" else "[magenta]✗[/]"
     return f"{mark} {job['id']} {status}{took}: {escape(job.get('error') or '')}"

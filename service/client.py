@@ -93,6 +93,7 @@ class Job(TypedDict):
     waiting_for: str | None
     error: str | None
     result: dict[str, Any] | None
+    metrics: dict[str, Any] | None  # the kept model's figures once succeeded
     model_id: str | None
     created_at: str
     started_at: str | None
@@ -131,6 +132,7 @@ class Prediction(TypedDict):
     model_id: str
     predictions: list[Any]
     probabilities: list[dict[str, float]] | None
+    uncertainty: list[dict[str, Any]] | None  # an ensemble's member spread, when asked for
 
 
 class Embedding(TypedDict):
@@ -491,9 +493,12 @@ class Client:
             raise self._unreachable(exc) from None
 
     def predict(self, model_id: str, records: list[dict[str, Any]] | None = None,
-                inputs: list[Any] | None = None) -> Prediction:
-        """POST /predict: records keyed by column name, or `inputs` (nested arrays) for array models."""
+                inputs: list[Any] | None = None, uncertainty: bool = False) -> Prediction:
+        """POST /predict: records keyed by column name, or `inputs` (nested arrays) for array models; with
+        `uncertainty`, an ensemble's member spread per record."""
         body: dict[str, Any] = {"model_id": model_id}
+        if uncertainty:
+            body["uncertainty"] = True
         if records is not None:
             body["records"] = records
         if inputs is not None:

@@ -152,19 +152,22 @@ def _check_ensemble(spec: StoredSpec) -> None:
                        "fold; leave validation_fraction out, or set model.folds to 1 to use a shared split")
 
 
-def _width(column: dict[str, Any]) -> int:
-    """Network inputs one column becomes: one-hot for categories, every element of an array column."""
+def _width(column: dict[str, Any], model: Any) -> int:
+    """Network inputs one column becomes (at most): one-hot for categories, every element of an array column;
+    for the ensemble, a numeric column's bins and missing-value input too."""
     if column["kind"] == "categorical":
         return max(int(column["n_unique"]), 1)
     if column["kind"] == "tensor":
         return math.prod(column.get("shape") or [1])
+    if model.type == "ensemble" and column["kind"] == "numeric":
+        return 1 + (model.bins or 0) + (column.get("n_missing", 0) > 0)
     return 1
 
 
 def estimate_parameters(spec: StoredSpec, dataset: Dataset) -> int:
     """An upper bound of the network's size from the column summary (categories may be fewer after the split)."""
     columns = {c["name"]: c for c in dataset.columns}
-    n_in = sum(_width(columns[f]) for f in spec.features)
+    n_in = sum(_width(columns[f], spec.model) for f in spec.features)
     n_classes = int(columns[spec.targets[0]]["n_unique"]) if spec.task == "classification" else 0
     n_out = output_width(spec.task, n_inputs=n_in, n_classes=n_classes, n_targets=len(spec.targets))
     # The network the worker will build, on the meta device: shapes only, no memory, whatever its size.
@@ -202,8 +205,10 @@ def submit(*, session: Session, spec: JobCreate, principal: Principal, settings:
         raise InvalidInput(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
                            errors=[{"field": "dataset_id", "message": "unknown data set"}])
     targets, features, task = resolve(spec, dataset)
+    columns = {c["name"]: c for c in dataset.columns}
     stored = resolve_spec(spec, targets=targets, features=features, task=task, n_rows=dataset.n_rows,
-                          max_runtime_s=settings.max_runtime_s)
+                          max_runtime_s=settings.max_runtime_s,
+                          n_numeric=sum(columns[f]["kind"] == "numeric" for f in features))
     check_spec(stored, dataset)
     check_limits(stored, settings)
     n_params = estimate_parameters(stored, dataset)

@@ -203,8 +203,15 @@ def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage):
     table = D.load_columns(path, [*spec.features, *spec.targets])
     return prepare(table, targets=spec.targets, features=spec.features,
                    kinds={f: columns[f]["kind"] for f in spec.features}, task=spec.task, split=split,
-                   class_weights=training.class_weights,
-                   missing_indicators=spec.model.type == "ensemble")
+                   class_weights=training.class_weights, encoding=encoding_for(spec))
+
+
+def encoding_for(spec: StoredSpec) -> D.Encoding:
+    """The ensemble's inputs: missing-value indicators, piecewise-linear bins, and no one-hot input for a level
+    seen in one training row only; the single networks keep the lecture's plain encoding."""
+    if spec.model.type != "ensemble":
+        return D.Encoding()
+    return D.Encoding(missing_indicators=True, bins=spec.model.bins or 0, min_category_rows=2)
 
 
 def ensemble_config(spec: StoredSpec) -> EnsembleConfig:

@@ -65,8 +65,7 @@ class ModelSpec(_Input):
                     "hidden_layers end at the bottleneck")
     hidden_layers: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
         default=None, max_length=32,
-        description="Width of each hidden layer (ensemble members, mlp, autoencoder); default [64, 64] for mlp and "
-                    "autoencoder, [128, 128] for the ensemble")
+        description="Width of each hidden layer (ensemble members, mlp, autoencoder); default [64, 64]")
     activation: Activation | None = Field(
         default=None, description="Default relu. threshold is the perceptron's unit; it has no gradient, so other "
                                   "models cannot be trained with it")
@@ -84,6 +83,10 @@ class ModelSpec(_Input):
                                                                "every member (default true)")
     dropout_range: Range | None = Field(default=None, description="Ensemble: members' dropout rates are spread over "
                                                                   "this range (default [0, 0.3])")
+    bins: int | None = Field(default=None, ge=0, le=64,
+                             description="Ensemble: piecewise-linear quantile bins per numeric column, inputs beside "
+                                         "its standardised value (default 256 / numeric columns, from 4 to 16; 0: "
+                                         "none)")
 
 
 class StepSchedule(_Input):

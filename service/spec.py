@@ -24,11 +24,13 @@ SINGLE_TRAINING = {"epochs": 300, "batch_size": 32, "optimizer": "adam", "learni
                    "seed": 0, "early_stopping_patience": 20, "early_stopping_metric": "val_loss"}
 LOGISTIC_TRAINING = {**SINGLE_TRAINING, "optimizer": "lbfgs", "learning_rate": 1.0, "epochs": 100,
                      "early_stopping_patience": 10}
-ENSEMBLE_MODEL = {"hidden_layers": [128, 128], "activation": "relu", "dropout": None, "batch_norm": False,
+ENSEMBLE_MODEL = {"hidden_layers": [64, 64], "activation": "relu", "dropout": None, "batch_norm": False,
                   "linear_skip": True, "dropout_range": [0.0, 0.3]}
 ENSEMBLE_TRAINING = {**SINGLE_TRAINING, "epochs": 200, "optimizer": "adamw", "learning_rate": None,
-                     "weight_decay": None, "learning_rate_range": [1e-3, 1e-2], "weight_decay_range": [1e-5, 1e-2],
+                     "weight_decay": None, "learning_rate_range": [2e-3, 2e-2], "weight_decay_range": [1e-5, 1e-2],
                      "early_stopping_patience": 16}
+# Piecewise-linear inputs per numeric column: about 256 in all, 4 to 16 per column.
+BIN_INPUTS, MIN_BINS, MAX_BINS = 256, 4, 16
 
 
 class StoredSpec(BaseModel):
@@ -57,8 +59,12 @@ def ensemble_shape(n_rows: int) -> tuple[int, int]:
 
 
 def ensemble_batch_size(n_rows: int) -> int:
-    """About eight steps an epoch on small data, a power of two from 32 to 512."""
-    return int(min(512, max(32, 2 ** math.floor(math.log2(max(n_rows, 1) / 8)))) if n_rows >= 8 else 32)
+    """Four to eight steps an epoch on small data: a power of two from 32 to 1024."""
+    return int(min(1024, max(32, 2 ** math.floor(math.log2(n_rows / 4))))) if n_rows >= 128 else 32
+
+
+def ensemble_bins(n_numeric: int) -> int:
+    return min(MAX_BINS, max(MIN_BINS, BIN_INPUTS // max(n_numeric, 1)))
 
 
 def _fill(given: BaseModel, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -66,11 +72,15 @@ def _fill(given: BaseModel, defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: (defaults[k] if v is None and k in defaults else v) for k, v in values.items()}
 
 
-def resolve_model(model: ModelSpec, *, n_rows: int, validation_fraction: float | None = None) -> ModelSpec:
+def resolve_model(model: ModelSpec, *, n_rows: int, n_numeric: int = 0,
+                  validation_fraction: float | None = None) -> ModelSpec:
     if model.type != "ensemble":
         values = _fill(model, SINGLE_MODEL)
-        return ModelSpec(**{**values, "members": None, "folds": None, "linear_skip": None, "dropout_range": None})
+        return ModelSpec(**{**values, "members": None, "folds": None, "linear_skip": None, "dropout_range": None,
+                            "bins": None})
     values = _fill(model, ENSEMBLE_MODEL)
+    if values["bins"] is None:
+        values["bins"] = ensemble_bins(n_numeric)
     members, folds = ensemble_shape(n_rows)
     if values["folds"] is None:
         # a validation split asked for explicitly is the one every member validates on
@@ -106,9 +116,10 @@ def resolve_training(training: TrainingSpec, model: ModelSpec, *, n_rows: int) -
 
 
 def resolve(spec: JobCreate, *, targets: list[str], features: list[str], task: str, n_rows: int,
-            max_runtime_s: int) -> StoredSpec:
-    """The spec a job stores: every default of its model type filled in."""
-    model = resolve_model(spec.model, n_rows=n_rows, validation_fraction=spec.training.validation_fraction)
+            max_runtime_s: int, n_numeric: int = 0) -> StoredSpec:
+    """The spec a job stores: every default of its model type filled in (`n_numeric`: numeric feature columns)."""
+    model = resolve_model(spec.model, n_rows=n_rows, n_numeric=n_numeric,
+                          validation_fraction=spec.training.validation_fraction)
     return StoredSpec(dataset_id=spec.dataset_id, target=spec.target, targets=targets, features=features, task=task,
                       model=model, training=resolve_training(spec.training, model, n_rows=n_rows),
                       device=spec.device, max_runtime_s=spec.max_runtime_s or max_runtime_s)

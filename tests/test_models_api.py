@@ -154,3 +154,81 @@ def test_impossible_combinations_are_422(client, dataset, patch, field, fragment
     body = problem(resp, 422)
     assert any(e.get("field", "").startswith(field) for e in body["errors"]), body
     assert fragment in body["detail"] or any(fragment in e["message"] for e in body["errors"]), body
+
+
+IRIS_RECORD = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def test_the_default_ensemble_reports_its_kept_members_and_predicts_with_their_spread(client, worker):
+    ds = upload(client, "iris.csv").json()
+    job = run(client, worker, {"dataset_id": ds["id"], "target": "species",
+                               "model": {"members": 8, "hidden_layers": [16]}, "training": {"epochs": 30}})
+    assert job["status"] == "succeeded", job["error"]
+    ensemble = job["result"]["ensemble"]
+    assert ensemble["members_trained"] == 8 and 1 <= ensemble["members"] <= 8
+    assert ensemble["estimate"] == "out-of-fold" and ensemble["folds"] == 4
+    assert sum(m["weight"] for m in ensemble["kept"]) == pytest.approx(1.0, abs=1e-5)
+    # the headline is the kept ensemble's out-of-fold figure, not the last epoch's
+    assert job["metrics"]["val_accuracy"] >= 0.8 and job["metrics"] != job["latest_metrics"]
+    metrics = client.get(f"/jobs/{job['id']}/metrics").json()
+    assert metrics["confusion_matrix"]["split"] == "out-of-fold"
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 150  # every row scored once, held out
+    assert "member_val_loss" not in metrics["epochs"][0]["metrics"]
+    with_members = client.get(f"/jobs/{job['id']}/metrics", params={"members": "true"}).json()
+    assert len(with_members["epochs"][0]["metrics"]["member_val_loss"]) == 8
+    body = client.post("/predict", json={"model_id": job["model_id"], "uncertainty": True,
+                                         "records": [IRIS_RECORD, {**IRIS_RECORD, "petal_length": 4.8,
+                                                                   "petal_width": 1.7}]}).json()
+    assert body["predictions"][0] == "Iris-setosa"
+    sure, unsure = body["uncertainty"]
+    assert set(sure) == {"std", "disagreement"} and 0 <= sure["disagreement"] <= 1
+    assert unsure["std"] >= sure["std"]  # a flower between two species splits the members more
+    plain = client.post("/predict", json={"model_id": job["model_id"], "records": [IRIS_RECORD]}).json()
+    assert plain["uncertainty"] is None and plain["probabilities"][0] == body["probabilities"][0]
+
+
+def test_regression_ensemble_spread_is_in_the_targets_units(client, worker):
+    ds = upload(client, "diabetes.csv").json()
+    job = run(client, worker, {"dataset_id": ds["id"], "target": "progression",
+                               "model": {"members": 8, "hidden_layers": [16]}, "training": {"epochs": 20}})
+    assert job["status"] == "succeeded", job["error"]
+    assert job["metrics"]["val_r2"] > 0.2
+    record = {"age": 50, "sex": 1, "bmi": 25.0, "bp": 90.0, "s1": 180, "s2": 100.0, "s3": 50.0, "s4": 4.0,
+              "s5": 4.5, "s6": 90}
+    body = client.post("/predict", json={"model_id": job["model_id"], "records": [record],
+                                         "uncertainty": True}).json()
+    assert 0 < body["uncertainty"][0]["std"] < 150  # progression spans about 25–350
+
+
+def test_uncertainty_needs_an_ensemble(client, worker):
+    ds = upload(client, "iris.csv").json()
+    job = run(client, worker, {"dataset_id": ds["id"], "target": "species", "model": {"type": "mlp"},
+                               "training": {"epochs": 3}})
+    body = problem(client.post("/predict", json={"model_id": job["model_id"], "records": [IRIS_RECORD],
+                                                 "uncertainty": True}), 422)
+    assert body["errors"][0]["field"] == "uncertainty" and "ensemble" in body["detail"]
+
+
+@pytest.mark.parametrize(("patch", "field", "fragment"), [
+    ({"model": {"batch_norm": True}}, "model.batch_norm", "no batch norm"),
+    ({"training": {"optimizer": "sgd"}}, "training.optimizer", "AdamW"),
+    ({"model": {"members": 10, "folds": 4}}, "model.members", "multiple of folds"),
+    ({"training": {"lr_schedule": {"type": "cosine"}}}, "training.lr_schedule", "constant learning rates"),
+    ({"training": {"early_stopping_metric": "val_accuracy"}}, "training.early_stopping_metric", "own held-out"),
+    ({"training": {"learning_rate_range": [0.1, 0.01]}}, "training.learning_rate_range", "[low, high]"),
+    ({"model": {"folds": 4}, "training": {"validation_fraction": 0.2}}, "training.validation_fraction",
+     "own fold"),
+    ({"model": {"activation": "threshold"}}, "model.activation", "zero gradient"),
+])
+def test_impossible_ensemble_specs_are_422_naming_the_field(client, patch, field, fragment):
+    ds = upload(client, "iris.csv").json()
+    body = problem(client.post("/jobs", json={"dataset_id": ds["id"], "target": "species", **patch}), 422)
+    assert body["errors"][0]["field"] == field and fragment in body["detail"], body
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_an_explicit_validation_split_is_shared_by_every_member(client):
+    ds = upload(client, "iris.csv").json()
+    job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "species",
+                                     "training": {"validation_fraction": 0.25}}).json()
+    assert job["spec"]["model"]["folds"] == 1 and job["spec"]["model"]["members"] == 8

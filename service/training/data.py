@@ -414,11 +414,20 @@ def _numeric(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values
 
 
-def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str], *,
-                      missing_indicators: bool = False) -> dict[str, Any]:
-    """Imputation, standardisation and one-hot categories, fitted on these (training) rows only; with
-    `missing_indicators`, a numeric column with missing values in these rows also gets a 0/1 input saying
-    "this value was missing" (the fill alone would hide it)."""
+@dataclass(frozen=True)
+class Encoding:
+    """How columns become inputs beyond imputation, standardisation and one-hot (the single networks use none of
+    it; the ensemble all of it)."""
+
+    missing_indicators: bool = False  # a 0/1 "was missing" input for numeric columns with missing values
+    bins: int = 0  # piecewise-linear quantile bins per numeric column (0: none)
+    min_category_rows: int = 1  # levels in fewer training rows share the all-zero encoding of unseen levels
+
+
+def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str],
+                      encoding: Encoding = Encoding()) -> dict[str, Any]:
+    """Imputation, standardisation and one-hot categories (and what `encoding` adds), fitted on these (training)
+    rows only."""
     out = []
     for name in features:
         col = table.column(name)
@@ -430,7 +439,10 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
             values = counts.field("values").to_pylist()
             freq = counts.field("counts").to_pylist()
             most = min(zip(values, freq, strict=True), key=lambda vc: (-vc[1], vc[0]))[0]
-            out.append({"name": name, "kind": "categorical", "categories": sorted(values), "fill": most})
+            # A level seen in fewer rows than min_category_rows cannot generalise (one seen once names its row,
+            # like an identifier): such levels share the all-zero "other" encoding, as unseen levels do.
+            kept = sorted(v for v, c in zip(values, freq, strict=True) if c >= encoding.min_category_rows)
+            out.append({"name": name, "kind": "categorical", "categories": kept, "fill": most})
         else:
             values = _numeric(col)
             finite = values[~np.isnan(values)]
@@ -441,8 +453,15 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
             std = float(filled.std())
             item = {"name": name, "kind": kinds[name], "fill": median, "mean": float(filled.mean()),
                     "scale": std if std > 1e-12 else 1.0}
-            if missing_indicators and finite.size < values.size:
+            if encoding.missing_indicators and finite.size < values.size:
                 item["missing_indicator"] = True
+            if encoding.bins and kinds[name] == "numeric":
+                # Piecewise-linear encoding (Gorishniy et al., "On embeddings for numerical features in tabular
+                # deep learning", 2022): one input per quantile bin, 0 below it, 1 above it, linear inside, so
+                # that a network can bend its answer at the data's own thresholds as a tree does.
+                edges = np.unique(np.quantile(finite, np.linspace(0, 1, encoding.bins + 1)))
+                if len(edges) >= 3:
+                    item["bins"] = edges.tolist()
             out.append(item)
     return {"features": out, "n_inputs": sum(_input_width(f) for f in out)}
 
@@ -450,7 +469,7 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
 def _input_width(f: dict[str, Any]) -> int:
     if f["kind"] == "categorical":
         return len(f["categories"])
-    return 2 if f.get("missing_indicator") else 1
+    return 1 + bool(f.get("missing_indicator")) + max(len(f.get("bins", [])) - 1, 0)
 
 
 def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
@@ -478,6 +497,11 @@ def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
             if f.get("missing_indicator"):
                 X[:, j] = missing
                 j += 1
+            if "bins" in f:
+                edges = np.asarray(f["bins"])
+                width = np.diff(edges)
+                X[:, j:j + len(width)] = np.clip((values[:, None] - edges[None, :-1]) / width[None, :], 0.0, 1.0)
+                j += len(width)
     return X
 
 

@@ -85,7 +85,7 @@ def _assemble(task: str, params: dict[str, Any], y_all: np.ndarray | None, X_of,
 
 def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
             split: SplitSpec, class_weights: str | dict[str, float] | None = None,
-            missing_indicators: bool = False) -> Prepared:
+            encoding: D.Encoding = D.Encoding()) -> Prepared:
     """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
     params, y_all, keep = _fit_targets(table, targets, task)
     n_dropped = 0
@@ -101,7 +101,10 @@ def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: 
         # The first call is with the training rows: preprocessing is fitted on them alone.
         part = table.take(pa.array(rows))
         if not fitted:
-            fitted.update(D.fit_preprocessing(part, features, kinds, missing_indicators=missing_indicators))
+            fitted.update(D.fit_preprocessing(part, features, kinds, encoding))
+            if fitted["n_inputs"] == 0:
+                raise D.DataError("no feature gives the network an input: every level of the categorical "
+                                  "feature(s) occurs in one training row only (identifiers?); choose other features")
         return D.transform(part, fitted)
 
     data, X_test, y_test, counts = _assemble(task, params, y_all, X_of, split, class_weights, table.num_rows)

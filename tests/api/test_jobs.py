@@ -19,12 +19,12 @@ def test_submit_returns_202_with_location_and_inferred_task(client, iris):
     assert job["spec"]["features"] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     # the default is the ensemble, resolved for 150 rows: 16 members over 4 folds, batches of 32
     assert job["spec"]["schema_version"] == 2
-    assert job["spec"]["model"] == {"type": "ensemble", "hidden_layers": [128, 128], "activation": "relu",
+    assert job["spec"]["model"] == {"type": "ensemble", "hidden_layers": [64, 64], "activation": "relu",
                                     "dropout": None, "batch_norm": False, "members": 16, "folds": 4,
-                                    "linear_skip": True, "dropout_range": [0.0, 0.3]}
+                                    "linear_skip": True, "dropout_range": [0.0, 0.3], "bins": 16}
     training = job["spec"]["training"]
     assert training["batch_size"] == 32 and training["optimizer"] == "adamw"
-    assert training["learning_rate_range"] == [0.001, 0.01] and training["validation_fraction"] == 0.0
+    assert training["learning_rate_range"] == [0.002, 0.02] and training["validation_fraction"] == 0.0
 
 
 def test_one_mlp_resolves_to_exactly_the_lectures_defaults(client, iris):

@@ -222,7 +222,9 @@ def test_model_download_is_safetensors_and_json(owners):
     weights = load(archive.read("weights.safetensors"))
     meta = json.loads(archive.read("model.json"))
     assert meta["target"]["labels"] == ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
-    assert meta["n_inputs"] == 4 and meta["spec"]["model"]["type"] == "ensemble"
+    # four numeric columns, each its standardised value and 15 piecewise-linear bins (iris has few distinct values)
+    assert meta["spec"]["model"]["type"] == "ensemble"
+    assert meta["n_inputs"] == sum(1 + len(f["bins"]) - 1 for f in meta["preprocessing"]["features"]) > 4
     assert [f["name"] for f in meta["features"]] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     from service.training.nets import EnsembleNet
 
@@ -256,9 +258,9 @@ def test_rows_and_columns_per_data_set(migrated):
     ({"max_layer_width": 32}, {"model": {"hidden_layers": [16, 64]}}, "model.hidden_layers.1", "at most 32"),
     ({"max_parameters": 1000}, {"model": {"type": "mlp", "hidden_layers": [64, 64]}}, "model.hidden_layers",
      "about 4,675 parameters"),
-    # 16 members × (4·8+8 + 8·3+3 + a 4·3+3 linear path)
+    # 16 members × (68·8+8 + 8·3+3 + a 68·3+3 linear path): 4 numeric columns × (value + 16 bins) inputs
     ({"max_parameters": 1000}, {"model": {"hidden_layers": [8]}}, "model.hidden_layers",
-     "about 1,312 parameters"),
+     "about 12,576 parameters"),
     ({"max_epochs": 10}, {"training": {"epochs": 11}}, "training.epochs", "at most 10"),
     ({"max_batch_size": 64}, {"training": {"batch_size": 128}}, "training.batch_size", "at most 64"),
     ({"max_runtime_s": 60}, {"max_runtime_s": 61}, "max_runtime_s", "at most 60 s"),
@@ -302,7 +304,7 @@ def test_parameter_estimate_matches_the_network_built(migrated):
         feats = features if "x0" not in targets else features[1:]
         stored = resolve(spec, targets=targets, features=feats, task=task, n_rows=100, max_runtime_s=60)
         if model["type"] == "ensemble":
-            built = EnsembleNet(len(feats), n_out, 8, (6,), "relu", linear_skip=True)
+            built = EnsembleNet(len(feats) * (1 + stored.model.bins), n_out, 8, (6,), "relu", linear_skip=True)
         else:
             built = build_network(NetSpec.from_dict(spec.model.model_dump(exclude_none=True)), len(feats), n_out)
         assert estimate_parameters(stored, dataset) == sum(p.numel() for p in built.parameters())

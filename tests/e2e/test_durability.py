@@ -79,6 +79,23 @@ def test_killed_worker_job_resumes_from_its_checkpoint(stack):
     assert epochs_recorded(stack.http, job_id) == list(range(1, 121))  # one row per epoch, none repeated
 
 
+def test_killed_worker_resumes_an_ensemble_mid_training(stack):
+    stack.start("a", "worker", "--devices", "cpu")
+    ds = upload(stack.http, "breast_cancer.csv")
+    spec = {"dataset_id": ds["id"], "target": "diagnosis", "model": {"members": 8},
+            "training": {"epochs": 60, "batch_size": 16, "early_stopping_patience": 60}}
+    job_id = stack.http.post("/jobs", json=spec).json()["id"]
+    wait_for(lambda: job(stack.http, job_id)["progress"]["epoch"] >= 8, timeout=120, what="8 epochs")
+    stack.kill("a")
+    killed_at = job(stack.http, job_id)["progress"]["epoch"]
+    stack.start("b", "worker", "--devices", "cpu")
+    final = wait_status(stack.http, job_id, TERMINAL)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["attempts"] == 2 and final["result"]["resumed_from_epoch"] >= killed_at - 1 >= 7
+    assert epochs_recorded(stack.http, job_id) == list(range(1, 61))
+    assert final["result"]["ensemble"]["members_trained"] == 8 and final["metrics"]["val_accuracy"] > 0.9
+
+
 def test_sigterm_hands_running_jobs_back_and_exits(stack):
     stack.start("a", "worker", "--devices", "cpu")
     ds = upload(stack.http, "breast_cancer.csv")

@@ -632,7 +632,9 @@ def _prediction_rows(answer: dict[str, Any], records: list[dict[str, Any]] | Non
     """Rows for CSV output: each record's columns, then prediction(s) and p_<label> per class."""
     rows = []
     probabilities = answer.get("probabilities") or [None] * len(answer["predictions"])
-    for i, (prediction, probs) in enumerate(zip(answer["predictions"], probabilities, strict=True)):
+    spreads = answer.get("uncertainty") or [None] * len(answer["predictions"])
+    for i, (prediction, probs, spread) in enumerate(zip(answer["predictions"], probabilities, spreads,
+                                                         strict=True)):
         row = dict(records[i]) if records else {}
         if isinstance(prediction, dict):
             row.update({f"prediction_{k}": v for k, v in prediction.items()})
@@ -640,6 +642,11 @@ def _prediction_rows(answer: dict[str, Any], records: list[dict[str, Any]] | Non
             row["prediction"] = prediction
         if probs:
             row.update({f"p_{label}": p for label, p in probs.items()})
+        for key, value in (spread or {}).items():
+            if isinstance(value, dict):  # one standard deviation per regression target
+                row.update({f"{key}_{name}": v for name, v in value.items()})
+            else:
+                row[key] = value
         rows.append(row)
     return rows
 
@@ -694,9 +701,13 @@ def predict(
                                                 help="File to write [default: standard output]")] = None,
     output_format: Annotated[str | None, typer.Option(
         "--format", help="json or csv [default: json for .json input, csv for a table]")] = None,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="Ensembles, JSON input: also the members' "
+                                                                    "spread per record")] = False,
     url: UrlOpt = None,
 ) -> None:
     """Predict with a trained model for the records in a JSON file or every row of a CSV/Parquet file."""
+    if uncertainty and input_file.suffix.lower() != ".json":
+        raise typer.BadParameter("--uncertainty works with a .json input (records)", param_hint="--uncertainty")
     is_table = input_file.suffix.lower() in TABLE_SUFFIXES
     fmt = (output_format or ("csv" if is_table else "json")).lower()
     if fmt not in ("json", "csv"):
@@ -717,7 +728,8 @@ def predict(
                 out.write(json.dumps(answer, indent=2, ensure_ascii=False) + "\n")
         else:
             body = _read_json_input(input_file)
-            answer = client.predict(model_id, records=body.get("records"), inputs=body.get("inputs"))
+            answer = client.predict(model_id, records=body.get("records"), inputs=body.get("inputs"),
+                                    uncertainty=uncertainty)
             with _text_output(output) as out:
                 if fmt == "json":
                     out.write(json.dumps(answer, indent=2, ensure_ascii=False) + "\n")

@@ -1,6 +1,7 @@
 """The `mlps` client commands (datasets, jobs, models, predict) through Typer's CliRunner, against a real server."""
 
 import csv
+import io
 import json
 
 import pytest
@@ -174,6 +175,10 @@ def test_predict_json_records_to_json_and_csv(mlps, iris_job, tmp_path):  # noqa
     rows = list(csv.DictReader(out.open()))
     assert [r["prediction"] for r in rows] == answer["predictions"]
     assert float(rows[0]["sepal_length"]) == 5.1 and "p_Iris-virginica" in rows[0]
+    result = mlps("predict", iris_job["model_id"], "--input", str(records), "--format", "csv", "--uncertainty")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))  # the default model is an ensemble
+    assert len(rows) == 2 and 0 <= float(rows[0]["disagreement"]) <= 1 and float(rows[0]["std"]) >= 0
 
 
 def test_predict_a_csv_file_streams_csv_or_json(mlps, iris_job, tmp_path):  # noqa: F811

@@ -182,6 +182,8 @@ class EnsembleState:
     best_loss: torch.Tensor  # [K] each member's best held-out loss
     best_epoch: torch.Tensor  # [K]
     since: torch.Tensor  # [K] epochs since each member last improved
+    ensemble_best: torch.Tensor  # the lowest held-out loss of the epochs' ensembles so far
+    ensemble_since: torch.Tensor  # epochs since it last fell by min_improvement
     alive: torch.Tensor  # [K] bool: members whose loss stayed finite
     best_out: torch.Tensor  # [K, n_eval, outputs] each member's held-out outputs at its best epoch
 
@@ -365,6 +367,8 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
     best_loss = torch.full((k,), math.inf, dtype=torch.float64, device=dev)
     best_epoch = torch.zeros(k, dtype=torch.long, device=dev)
     since = torch.zeros(k, dtype=torch.long, device=dev)
+    ensemble_best = torch.tensor(math.inf, dtype=torch.float64)
+    ensemble_since = torch.tensor(0)
     alive = torch.ones(k, dtype=torch.bool, device=dev)
     best_params = [p.detach().clone() for p in params]
     best_out = torch.zeros(k, len(Xe), data.n_outputs, device=dev)
@@ -383,6 +387,8 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
         best_loss.copy_(resume.best_loss)
         best_epoch.copy_(resume.best_epoch)
         since.copy_(resume.since)
+        ensemble_best.copy_(resume.ensemble_best)
+        ensemble_since.copy_(resume.ensemble_since)
         alive.copy_(resume.alive)
         best_out.copy_(resume.best_out)
         first_epoch = resume.epoch + 1
@@ -449,6 +455,12 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
                 # each member on the rows it trained on, in training mode, as the epoch's steps saw them
                 figures["train_accuracy"] = (correct / counted.clamp_min(1))[alive].mean()
             row: dict[str, Any] = as_floats(figures)
+        loss_now = row["val_loss"] if row["val_loss"] is not None else math.inf
+        if loss_now < float(ensemble_best) * (1 - cfg.min_improvement):
+            ensemble_since.zero_()
+        else:
+            ensemble_since += 1
+        ensemble_best = torch.tensor(min(float(ensemble_best), loss_now), dtype=torch.float64)
         net.train()
         row["members_alive"] = int(alive.sum())
         row["members_improved"] = int(improved.sum())
@@ -460,14 +472,18 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
         snapshot = partial(EnsembleState, epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
                            generator=gen.get_state(), rng=_snapshot_rng(dev),
                            best_net=dict(zip(names, best_params, strict=True)), best_loss=best_loss,
-                           best_epoch=best_epoch, since=since, alive=alive, best_out=best_out)
+                           best_epoch=best_epoch, since=since, ensemble_best=ensemble_best,
+                           ensemble_since=ensemble_since.clone(), alive=alive, best_out=best_out)
 
         if on_epoch is not None:
             reason = on_epoch(EpochReport(epoch=epoch, metrics=row, history=result.history, snapshot=snapshot))
             if reason is not None:
                 result.stopped_by = reason
                 break
-        if bool((since[alive] >= cfg.early_stopping_patience).all()):
+        # Stop when every member has stalled, or when the ensemble as a whole has: a slow member's last small
+        # gains do not move the average (every member keeps the weights of its own best epoch either way).
+        patience = cfg.early_stopping_patience
+        if patience and (bool((since[alive] >= patience).all()) or int(ensemble_since) >= patience):
             result.stopped_at = epoch
             break
     with torch.no_grad():

@@ -15,6 +15,33 @@ from service.config import Settings
 app = typer.Typer(help="MLP Service: train PyTorch multilayer perceptrons over HTTP.", no_args_is_help=True,
                   add_completion=False)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from service import __version__
+
+        typer.echo(f"mlps {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit")] = False) -> None:
+    """MLP Service: train PyTorch multilayer perceptrons over HTTP."""
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse to start (before creating any key or process) when the address is taken."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            typer.echo(f"error: cannot listen on {host}:{port} ({exc.strerror}); another server may be running "
+                       "there: stop it, or pick another port with --port or MLPS_PORT", err=True)
+            raise typer.Exit(1) from None
+
 HostOpt = Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1, env MLPS_HOST)")]
 PortOpt = Annotated[int | None, typer.Option(help="Port (default 8000, env MLPS_PORT)")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Storage and SQLite folder (default ./var, env MLPS_DATA_DIR)")]
@@ -150,6 +177,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
     from service.db import migrate as run_migrations
 
     settings = _settings(host, port, data_dir, database_url)
+    _check_port_free(settings.host, settings.port)
     _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run_migrations(settings.database_url)

@@ -72,6 +72,10 @@ def connect(url: str | None) -> Iterator[Client]:
             where = ".".join(str(v) for v in (error.get("field"), error.get("column")) if v)
             if error.get("message") and error.get("message") != exc.detail:
                 details.append(f"{where}: {error['message']}" if where else error["message"])
+        if exc.status == 401:
+            details.append("give a key: MLPS_API_KEY=mlps_..., or MLPS_API_KEY_FILE=path/to/key; for a server on "
+                           "this machine, mlps reads <MLPS_DATA_DIR>/admin.key (default ./var/admin.key, where "
+                           "`mlps serve` wrote it: run from that folder or set MLPS_DATA_DIR)")
         _fail(f"{exc.detail or exc.title} ({exc.status} {exc.title})", details)
     except ClientError as exc:
         _fail(str(exc))

@@ -223,3 +223,31 @@ def test_jobs_wait_exits_1_when_the_job_fails(mlps, live_url):  # noqa: F811
     assert result.exit_code == 1, result.output
     out = " ".join(result.stdout.split())
     assert "failed" in out and "loss became NaN" in out
+
+
+def test_version_prints_the_package_version():
+    from service import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"mlps {__version__}"
+
+
+def test_serve_on_a_busy_port_says_so_before_creating_anything(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port), "--data-dir", str(tmp_path / "var")],
+                                    env={"MLPS_HOST": "127.0.0.1", "MLPS_ADMIN_KEY": None})
+    assert result.exit_code == 1
+    assert f"127.0.0.1:{port}" in result.output and "--port or MLPS_PORT" in result.output
+    assert not (tmp_path / "var").exists()  # no database, no admin key
+
+
+def test_a_missing_key_says_how_to_give_one(mlps, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./var/admin.key here
+    result = mlps("datasets", "list", env={"MLPS_DATA_DIR": None, "MLPS_API_KEY_FILE": None})
+    assert result.exit_code == 1
+    assert "401" in result.output and "MLPS_API_KEY" in result.output and "admin.key" in result.output

@@ -20,7 +20,11 @@ def _event_order(event_id: str) -> tuple[int, ...]:
     return tuple(int(part) for part in event_id.split("."))
 
 
-def test_base_url_and_api_key_come_from_arguments_or_the_environment(monkeypatch):
+def test_base_url_and_api_key_come_from_arguments_or_the_environment(monkeypatch, tmp_path):
+    # whatever folder or environment the suite runs in (e.g. beside the ./var of a `make serve`)
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLPS_API_KEY_FILE", "MLPS_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLPS_URL", "http://example.invalid:9/")
     monkeypatch.setenv("MLPS_API_KEY", "secret-from-env")
     with Client() as client:

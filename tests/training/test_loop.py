@@ -161,3 +161,38 @@ def test_logistic_regression_by_lbfgs_reaches_scikit_learns_optimum():
     layer = result.net[0]
     assert np.allclose(layer.weight.detach().numpy()[0], reference.coef_[0], atol=2e-3)
     assert abs(float(layer.bias.detach()[0]) - reference.intercept_[0]) < 2e-3
+
+
+def test_a_model_folder_written_before_ensembles_still_loads_and_predicts_the_same(tmp_path):
+    import json
+
+    prepared = iris_prepared()
+    result = train(prepared.data, NetSpec(hidden_layers=(8,)), TrainConfig(epochs=3))
+    meta = ModelMeta(spec={"model": {"type": "mlp", "hidden_layers": [8], "activation": "relu", "dropout": 0.1,
+                                     "batch_norm": False}},
+                     task="classification", n_inputs=4, n_outputs=3, preprocessing=prepared.preprocessing,
+                     target=prepared.target)
+    save_model(tmp_path / "m", result.net, meta)
+    # as format 1 wrote it: no ensemble field, format_version 1
+    doc = json.loads((tmp_path / "m" / "model.json").read_text())
+    del doc["ensemble"]
+    doc["format_version"] = 1
+    (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
+    net, loaded = load_model(tmp_path / "m")
+    assert loaded.model_type == "mlp" and loaded.format_version == 2
+    X = prepared.data.X_val
+    assert predict_inputs(net, loaded, X) == predict_inputs(result.net, meta, X)
+
+
+def test_a_job_spec_stored_before_versioning_reads_as_the_single_networks_defaults():
+    from service.spec import SINGLE_TRAINING, read_spec
+
+    v1 = {"dataset_id": "ds_1", "target": "species", "features": ["a", "b"], "task": "classification",
+          "model": {"type": "mlp", "hidden_layers": [16], "activation": "tanh", "dropout": 0.0, "batch_norm": False},
+          "training": {"epochs": 40, "batch_size": 8, "optimizer": "sgd", "learning_rate": 0.05},
+          "device": "cpu", "max_runtime_s": 60}
+    spec = read_spec(v1)
+    assert spec.schema_version == 2 and spec.targets == ["species"]
+    assert spec.model.hidden_layers == [16] and spec.model.activation == "tanh"
+    assert spec.training.epochs == 40 and spec.training.optimizer == "sgd"
+    assert spec.training.early_stopping_patience == SINGLE_TRAINING["early_stopping_patience"]

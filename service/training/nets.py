@@ -1,4 +1,4 @@
-"""Networks built from the model spec: logistic/softmax regression and the MLP."""
+"""Networks built from the model spec: logistic/softmax regression, the MLP, the autoencoder and the batched ensemble."""
 
 from dataclasses import dataclass
 from typing import Any

@@ -1,6 +1,7 @@
 """Typed domain errors and the one JSON error format (RFC 9457 problem details)."""
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -124,9 +125,14 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+# A client's x-request-id is adopted only in this shape: anything else (tabs, markup, newlines that would forge
+# log lines) gets a fresh id instead.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
 class RequestId:
-    """ASGI middleware: the request's id (the client's x-request-id, else a new one) for logs, error bodies and
-    the x-request-id response header. Plain ASGI: no extra task or body copy per request."""
+    """ASGI middleware: the request's id (the client's x-request-id when it matches REQUEST_ID, else a new one) for
+    logs, error bodies and the x-request-id response header. Plain ASGI: no extra task or body copy per request."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -136,7 +142,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
-        rid = given.decode("latin-1")[:64] if given else uuid.uuid4().hex[:16]
+        rid = given.decode("ascii") if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = rid
         request_id_var.set(rid)
         raw = rid.encode("latin-1")

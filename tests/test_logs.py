@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 
 import pytest
 
@@ -46,3 +47,15 @@ def test_exceptions_are_one_json_line(json_log):
         logging.getLogger("mlps.api").exception("failed")
     (record,) = [r for r in lines(json_log) if r["logger"] == "mlps.api"]
     assert "ValueError: boom" in record["exception"]
+
+
+@pytest.mark.parametrize("given", ["abc\tdef", "<script>alert(1)</script>", "x" * 65, "naïve", "a b"])
+def test_a_request_id_that_could_forge_logs_or_markup_is_replaced(client, given):
+    resp = client.get("/datasets", headers={"x-request-id": given.encode("utf-8")})
+    rid = resp.headers["x-request-id"]
+    assert rid != given and re.fullmatch(r"[0-9a-f]{16}", rid)
+
+
+def test_a_well_formed_request_id_is_kept(client):
+    assert client.get("/datasets", headers={"x-request-id": "batch-42.retry_1"}).headers["x-request-id"] == \
+        "batch-42.retry_1"

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
@@ -186,13 +186,34 @@ class BatchReader:
         return _file_error(f"the file could not be read: {text}")
 
 
-def _encode(table: pa.Table, header: bool) -> bytes:
+# OWASP's rule for CSV injection: a cell a spreadsheet would run as a formula starts with one of these.
+_FORMULA_START = r"^[=+\-@\t\r]"
+_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _neutralise(table: pa.Table) -> pa.Table:
+    """Text cells and headers that a spreadsheet would run as formulas, prefixed with a single quote so that they
+    read as text; numbers (-1.5, +3) are left as they are."""
+    arrays, names = [], []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            risky = pc.and_(pc.match_substring_regex(column, _FORMULA_START),
+                            pc.invert(pc.match_substring_regex(column, _NUMBER)))
+            column = pc.if_else(pc.fill_null(risky, False), pc.binary_join_element_wise("'", column, ""), column)
+        arrays.append(column)
+        names.append("'" + name if re.match(_FORMULA_START, name) and not re.match(_NUMBER, name) else name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _encode(table: pa.Table, header: bool, escape_formulas: bool = True) -> bytes:
     buf = io.BytesIO()
-    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=header))
+    pacsv.write_csv(_neutralise(table) if escape_formulas else table, buf,
+                    write_options=pacsv.WriteOptions(include_header=header))
     return buf.getvalue()
 
 
-def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, Iterator[bytes]]:
+def prepare_scoring(cache: ModelCache, model: Model, path: Path,
+                    escape_formulas: bool = True) -> tuple[int, Iterator[bytes]]:
     """Check the whole file against the model and score its first batch; (rows, the answer's body)."""
     net, meta = cache.get(model.id)
     if meta.preprocessing.get("kind") == "array":
@@ -206,7 +227,7 @@ def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, I
         raise _file_error("the file has a header but no data rows")
     batches = (batch for batch in reader.batches() if batch.num_rows)
     try:
-        head = _encode(scorer.score(next(batches)), header=True)
+        head = _encode(scorer.score(next(batches)), header=True, escape_formulas=escape_formulas)
     except D.DataError as exc:
         raise _file_error(str(exc), column=exc.column) from None
 
@@ -214,7 +235,7 @@ def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, I
         try:
             yield head
             for batch in batches:
-                yield _encode(scorer.score(batch), header=False)
+                yield _encode(scorer.score(batch), header=False, escape_formulas=escape_formulas)
         except Exception:
             log.exception("batch scoring with model %s stopped part-way through the file", model.id)
             raise
@@ -230,7 +251,11 @@ def prepare_scoring(cache: ModelCache, model: Model, path: Path) -> tuple[int, I
                               "description": "The input columns, then 'prediction' and, for classifiers, "
                                              "'p_<label>' per class"},
                         **problem_responses(404, 413, 415, 422)})
-async def score_file(model_id: str, request: Request, principal: PrincipalDep):
+async def score_file(model_id: str, request: Request, principal: PrincipalDep,
+                     escape_formulas: bool = Query(
+                         default=True, description="Prefix text cells and headers starting with =, +, -, @, tab or "
+                                                   "CR (not numbers) with ' so that a spreadsheet shows them as text "
+                                                   "instead of running them; false returns them as they are")):
     """Receive a file, check it against the model, and stream its rows back with predictions as CSV."""
     state = request.app.state
 
@@ -243,7 +268,8 @@ async def score_file(model_id: str, request: Request, principal: PrincipalDep):
     upload_path = state.storage.temp_path(".score")
     try:
         await receive_file(request, upload_path, max_bytes=state.settings.max_upload_bytes)
-        n_rows, body = await run_in_threadpool(prepare_scoring, state.model_cache, model, upload_path)
+        n_rows, body = await run_in_threadpool(prepare_scoring, state.model_cache, model, upload_path,
+                                               escape_formulas)
     except BaseException:
         upload_path.unlink(missing_ok=True)
         raise

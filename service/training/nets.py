@@ -1,4 +1,4 @@
-"""Networks built from the model spec: logistic/softmax regression, the MLP, the autoencoder and the batched ensemble."""
+"""Networks built from the model spec: logistic/softmax regression, the MLP, the autoencoder, the batched ensemble."""
 
 from dataclasses import dataclass
 from typing import Any

@@ -125,3 +125,20 @@ def test_scoring_leaves_no_temporary_files(server, model_id, tmp_path_factory):
     score(server, model_id, dataset_path("iris.csv").read_bytes())
     leftovers = list(tmp_path_factory.getbasetemp().glob("serve*/var/tmp/*.score"))
     assert leftovers == []
+
+
+def test_formula_cells_and_headers_come_back_as_text_unless_asked_otherwise(server, model_id):
+    text = ("sepal_length,sepal_width,petal_length,petal_width,note,@total,-2\n"
+            "5.1,3.5,1.4,0.2,\"=cmd|' /C calc'!A0\",+1+1,-2.5\n"
+            "6.7,3.0,5.2,2.3,\"\tTAB\",@SUM(A1),x\n"
+            "5.9,3.0,4.2,1.5,plain,-7,=1\n")
+    resp = score(server, model_id, text.encode())
+    assert resp.status_code == 200, resp.text
+    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    assert list(rows[0])[4:7] == ["note", "'@total", "-2"]  # a header that is a number stays as it is
+    assert [r["note"] for r in rows] == ["'=cmd|' /C calc'!A0", "'\tTAB", "plain"]
+    assert [r["'@total"] for r in rows] == ["'+1+1", "'@SUM(A1)", "-7"]  # numbers are not formulas
+    assert [r["-2"] for r in rows] == ["-2.5", "x", "'=1"]
+    raw = server.post(f"/models/{model_id}/predict", params={"escape_formulas": "false"},
+                      files={"file": ("rows.csv", text.encode(), "text/csv")})
+    assert [r["note"] for r in csv.DictReader(io.StringIO(raw.text))][0] == "=cmd|' /C calc'!A0"

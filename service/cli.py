@@ -49,7 +49,10 @@ DbOpt = Annotated[str | None, typer.Option(help="SQLAlchemy database URL (env ML
 
 
 def _settings(host=None, port=None, data_dir=None, database_url=None) -> Settings:
-    """Settings from the environment, with command-line options taking precedence."""
+    """Settings from the environment, with command-line options taking precedence. Every server command starts
+    here, so this is also where the process stops creating files other users could read: data sets, models and
+    the SQLite file hold people's data (umask 077: folders 0700, files 0600)."""
+    os.umask(0o077)
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
                                    "database_url": database_url}.items() if v is not None}
     if data_dir is not None and database_url is None and not os.environ.get("MLPS_DATABASE_URL"):

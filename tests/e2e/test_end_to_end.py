@@ -55,6 +55,13 @@ def test_iris_classifier_predicts_species_names(server):
     for probs in body["probabilities"]:
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
         assert set(probs) == {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
+    # people's data is readable by the service's user alone: folders 0700, files 0600
+    data_dir = server.data_dir
+    stored = [p for p in data_dir.rglob("*") if p.name != "admin.key"]
+    assert any(p.suffix == ".parquet" for p in stored) and any(p.name == "weights.safetensors" for p in stored)
+    assert (data_dir.stat().st_mode & 0o777) == 0o700
+    assert all((p.stat().st_mode & 0o077) == 0 for p in stored), [(p, oct(p.stat().st_mode)) for p in stored
+                                                                 if p.stat().st_mode & 0o077]
 
 
 def test_breast_cancer_binary_classifier(server):

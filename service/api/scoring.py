@@ -133,7 +133,7 @@ class BatchReader:
                               column=dupes[0])
         types = {name: _arrow_type(self.kinds[name]) if name in self.kinds else pa.string() for name in names}
         self._csv = (pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES), pacsv.ParseOptions(delimiter=delimiter),
-                     pacsv.ConvertOptions(strings_can_be_null=True, column_types=types))
+                     D.csv_convert_options(self.path, delimiter, types))
         return names
 
     def _first_line(self) -> bytes:

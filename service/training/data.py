@@ -86,6 +86,33 @@ def sniff_format(path: Path) -> tuple[str, str | None]:
     return ("tsv" if delimiter == "\t" else "csv"), delimiter
 
 
+_COMMA_DECIMAL = re.compile(r"^[+-]?\d*,\d+$")
+_DOT_DECIMAL = re.compile(r"^[+-]?\d*\.\d+$")
+
+
+def decimal_point(path: Path, delimiter: str) -> str:
+    """',' when the file writes its numbers with a decimal comma (as European spreadsheets export them, with ';' as
+    the delimiter), else '.': decided by which form the first rows' fields take more often."""
+    if delimiter == ",":
+        return "."
+    with open(path, "rb") as fh:
+        lines = fh.read(SNIFF_BYTES).decode("utf-8", errors="ignore").splitlines()[1:-1]
+    comma = dot = 0
+    for line in lines:
+        for cell in line.split(delimiter):
+            cell = cell.strip().strip('"')
+            comma += bool(_COMMA_DECIMAL.match(cell))
+            dot += bool(_DOT_DECIMAL.match(cell))
+    return "," if comma > dot else "."
+
+
+def csv_convert_options(path: Path, delimiter: str, column_types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
+    """How CSV text becomes values, shared by uploads and batch scoring: the file's decimal point, the usual
+    missing-value spellings ('', NA, N/A, NaN, null, ...) as null."""
+    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types,
+                                decimal_point=decimal_point(path, delimiter))
+
+
 def _normalise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Keep numbers, booleans and strings; dates and other scalars become strings."""
     arrays, fields = [], []
@@ -136,7 +163,7 @@ def _csv_batches(path: Path, delimiter: str, column_types: dict[str, pa.DataType
         path,
         read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types),
+        convert_options=csv_convert_options(path, delimiter, column_types),
     )
     return reader.schema.names, reader
 

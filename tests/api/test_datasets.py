@@ -56,3 +56,17 @@ def test_delete_is_refused_while_a_job_needs_it(client, settings):
     problem(client.get(f"/datasets/{ds['id']}"), 404)
     assert not (settings.data_dir / "datasets" / f"{ds['id']}.parquet").exists()
     assert client.get(f"/jobs/{job['id']}").json()["dataset_id"] is None  # the job's history survives
+
+
+def test_a_european_csv_with_decimal_commas_reads_as_numbers(client):
+    rows = ["temperatur;gewicht;stadt;klasse"] + [f"{20 + i % 7},{i % 10};{60 + i},5;{'Köln' if i % 2 else 'Graz'};"
+                                                  f"{'hoch' if i % 3 else 'tief'}" for i in range(40)]
+    resp = upload(client, "werte.csv", ("\n".join(rows) + "\n").encode())
+    assert resp.status_code == 201, resp.text
+    columns = {c["name"]: c for c in resp.json()["columns"]}
+    assert columns["temperatur"]["kind"] == "numeric" and columns["gewicht"]["kind"] == "numeric"
+    assert columns["temperatur"]["stats"]["min"] == 20.0 and columns["gewicht"]["stats"]["max"] == 99.5
+    assert columns["stadt"]["kind"] == "categorical"
+    # a ';' file with dots keeps its dots, and a ',' file never reads commas as decimals
+    assert upload(client, "dots.csv", b"a;b\n1.5;x\n2.25;y\n").json()["columns"][0]["stats"]["max"] == 2.25
+    assert upload(client, "plain.csv", b"a,b\n1,2\n3,4\n").json()["columns"][1]["kind"] == "numeric"

@@ -142,3 +142,14 @@ def test_formula_cells_and_headers_come_back_as_text_unless_asked_otherwise(serv
     raw = server.post(f"/models/{model_id}/predict", params={"escape_formulas": "false"},
                       files={"file": ("rows.csv", text.encode(), "text/csv")})
     assert [r["note"] for r in csv.DictReader(io.StringIO(raw.text))][0] == "=cmd|' /C calc'!A0"
+
+
+def test_a_semicolon_file_with_decimal_commas_scores_like_its_plain_twin(server, model_id):
+    plain = "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,3.0,4.2,1.5\n"
+    european = "\n".join(";".join(f'"{v.replace(".", ",")}"' if "." in v else v for v in line.split(","))
+                         for line in plain.strip().splitlines()) + "\n"
+    a, b = score(server, model_id, plain.encode()), score(server, model_id, european.encode())
+    assert a.status_code == b.status_code == 200, b.text
+    predictions = [[r["prediction"] for r in csv.DictReader(io.StringIO(resp.text, newline=""), delimiter=d)]
+                   for resp, d in ((a, ","), (b, ","))]
+    assert predictions[0] == predictions[1] and len(predictions[0]) == 3

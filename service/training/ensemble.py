@@ -506,16 +506,24 @@ def _select(net: EnsembleNet, result: TrainResult, cfg: EnsembleConfig, plan: li
     whole = [c for c in configs if all(bool(alive[m.index]) for m in plan if m.config == c)]
     dropped = [m.index for m in plan if not bool(alive[m.index])]
     values = member_probabilities(best_out, n_classes) if data.task == "classification" else best_out
-    oof = torch.stack([(values * pool.val_mask[..., None])[[m.index for m in plan if m.config == c]].sum(0)
-                       for c in whole])
-    weights = select_configs(oof, Ye, data.task, n_classes, cfg.selection_rounds,
-                             we if task.weight is not None else None)
     kept, member_weights = [], []
-    for c, w in zip(whole, weights.tolist(), strict=True):
-        members = [m for m in plan if m.config == c]
-        if w > 0:
-            kept += [m.index for m in members]
-            member_weights += [w / len(members)] * len(members)
+    if whole:
+        oof = torch.stack([(values * pool.val_mask[..., None])[[m.index for m in plan if m.config == c]].sum(0)
+                           for c in whole])
+        weights = select_configs(oof, Ye, data.task, n_classes, cfg.selection_rounds,
+                                 we if task.weight is not None else None)
+        for c, w in zip(whole, weights.tolist(), strict=True):
+            members = [m for m in plan if m.config == c]
+            if w > 0:
+                kept += [m.index for m in members]
+                member_weights += [w / len(members)] * len(members)
+        config_weight = dict(zip(whole, weights.tolist(), strict=True))
+    else:
+        # Every setting lost a member: no setting has a prediction for every row, so nothing to select between;
+        # the members left average equally.
+        kept = [m.index for m in plan if bool(alive[m.index])]
+        member_weights = [1.0 / len(kept)] * len(kept)
+        config_weight = {}
     weight_of = torch.zeros(len(plan), device=pool.val_mask.device)
     weight_of[kept] = torch.as_tensor(member_weights, device=weight_of.device)
     per_row = pool.val_mask * weight_of[:, None]
@@ -526,7 +534,6 @@ def _select(net: EnsembleNet, result: TrainResult, cfg: EnsembleConfig, plan: li
     net.keep(kept, member_weights)
     result.kept_metrics = figures
     result.held_out = (final, Ye[covered])
-    config_weight = dict(zip(whole, weights.tolist(), strict=True))
     result.info["ensemble"] = {
         "members": len(kept), "members_trained": len(plan), "folds": cfg.folds,
         "validation": pool.info["validation"],

@@ -249,3 +249,20 @@ def test_the_ensemble_trains_on_cuda_like_on_cpu():
     cpu = train_ensemble(prepared.data, cfg)
     gpu = train_ensemble(prepared.data, cfg, device="cuda")
     assert abs(cpu.kept_metrics["val_loss"] - gpu.kept_metrics["val_loss"]) < 0.05
+
+
+def test_when_every_setting_loses_a_member_the_survivors_average_equally():
+    prepared, cfg = _train_small()
+
+    def poison(report):
+        if report.epoch == 2:
+            with torch.no_grad():
+                for member in (0, 5):  # one member of each of the two settings
+                    report.snapshot().net["layers.0.weight"][member] = float("nan")
+        return None
+
+    result = train_ensemble(prepared.data, cfg, on_epoch=poison)
+    info = result.info["ensemble"]
+    assert info["members_diverged"] == [0, 5] and info["members"] == 6
+    assert {m["weight"] for m in info["kept"]} == {round(1 / 6, 6)}
+    assert result.kept_metrics["val_accuracy"] > 0.8

@@ -266,3 +266,21 @@ def test_when_every_setting_loses_a_member_the_survivors_average_equally():
     assert info["members_diverged"] == [0, 5] and info["members"] == 6
     assert {m["weight"] for m in info["kept"]} == {round(1 / 6, 6)}
     assert result.kept_metrics["val_accuracy"] > 0.8
+
+
+def test_gradient_clipping_bounds_each_members_own_norm():
+    torch.manual_seed(0)
+    net = EnsembleNet(3, 1, 2, (4,), "relu")
+    optimizer = MemberAdamW(list(net.parameters()), lr=torch.tensor([1e-3, 1e-3]), weight_decay=torch.zeros(2))
+    X = torch.randn(16, 3)
+    scale = torch.tensor([1.0, 1000.0]).view(2, 1, 1)  # member 1's loss is a thousand times steeper
+    (net(X) * scale).pow(2).mean(dim=(1, 2)).sum().backward()
+
+    def norms():
+        return torch.stack([sum(p.grad[k].pow(2).sum() for p in net.parameters()).sqrt() for k in range(2)])
+
+    before = norms()
+    optimizer.clip_(1.0)
+    after = norms()
+    assert after[1] == pytest.approx(1.0, rel=1e-4) and before[1] > 10
+    assert after[0] == pytest.approx(float(min(before[0], 1.0)), rel=1e-4)  # the other member is left alone

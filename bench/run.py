@@ -87,7 +87,8 @@ split (seed 0, stratified for classes): accuracy for classification, R² for reg
 over seeds 0, 1, 2 and their spread; a baseline's score is its mean over the same rounds. Wall time: our job
 from submit to succeeded, against the scikit-learn MLP's `fit` alone (median of the rounds). The script's
 docstring names every data set's source. Targets: mean gap to the best baseline ≥ 0, no set below −0.02, seed
-spread ≤ 0.02, our job ≤ 1.5 × the MLP's fit below 5 000 rows.
+spread ≤ 0.02, our job ≤ 1.5 × the MLP's fit below 5 000 rows. The scores are deterministic on the CPU (reruns
+give the same digits); the wall times are not: reruns on this machine have differed by up to 40 %.
 
 {quality}
 

@@ -14,7 +14,7 @@ from service.config import Settings
 from service.devices import waiting_reason
 from service.errors import InvalidInput, NotFound, TooManyRequests
 from service.schemas import JobCreate, JobRead, Progress
-from service.spec import StoredSpec, read_spec
+from service.spec import SPEC_VERSION, StoredSpec, read_spec
 from service.spec import resolve as resolve_spec
 from service.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training.data import infer_task
@@ -118,10 +118,10 @@ def check_spec(spec: StoredSpec, dataset: Dataset) -> None:
     if training.optimizer == "lbfgs" and model.type in ("perceptron", "ensemble"):
         raise _invalid("training.optimizer", f"lbfgs does not train a {model.type}; leave optimizer out")
     if model.type == "ensemble":
-        _check_ensemble(spec)
+        _check_ensemble(spec, n_rows=dataset.n_rows)
 
 
-def _check_ensemble(spec: StoredSpec) -> None:
+def _check_ensemble(spec: StoredSpec, *, n_rows: int) -> None:
     model, training = spec.model, spec.training
     if model.batch_norm:
         raise _invalid("model.batch_norm", "the ensemble's members have no batch norm; leave batch_norm out or "
@@ -129,6 +129,9 @@ def _check_ensemble(spec: StoredSpec) -> None:
     if training.optimizer != "adamw":
         raise _invalid("training.optimizer", "the ensemble trains every member with AdamW at its own learning rate; "
                        "leave optimizer out (or 'adamw'), or use model type 'mlp'")
+    if model.folds > n_rows:
+        raise _invalid("model.folds", f"{model.folds} folds for {n_rows} rows; each fold needs at least one row to "
+                       f"hold out: use at most {n_rows} folds")
     if model.members % model.folds:
         raise _invalid("model.members", f"members ({model.members}) must be a multiple of folds ({model.folds}): "
                        "each hyperparameter setting is trained once per fold")
@@ -257,13 +260,18 @@ def epoch_figures(metrics: dict[str, Any], *, members: bool = False) -> dict[str
     return metrics if members else {k: v for k, v in metrics.items() if not k.startswith("member_")}
 
 
+def _current_spec(stored: dict[str, Any]) -> dict[str, Any]:
+    """The stored spec in today's shape: as stored when it is (no re-validation per listed job), else upgraded."""
+    return stored if stored.get("schema_version") == SPEC_VERSION else read_spec(stored).to_json()
+
+
 def to_read(job: Job) -> JobRead:
     """The API view of a job: progress, waiting reason and duration included."""
     duration = None
     if job.started_at and job.finished_at:
         duration = (job.finished_at - job.started_at).total_seconds()
     return JobRead(
-        id=job.id, status=job.status, dataset_id=job.dataset_id, task=job.task, spec=read_spec(job.spec).to_json(),
+        id=job.id, status=job.status, dataset_id=job.dataset_id, task=job.task, spec=_current_spec(job.spec),
         progress=Progress(epoch=job.epoch, epochs=job.epochs),
         latest_metrics=epoch_figures(job.latest_metrics) if job.latest_metrics else None,
         device_request=job.device_request, device=job.device, attempts=job.attempts,

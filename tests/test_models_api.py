@@ -232,3 +232,13 @@ def test_an_explicit_validation_split_is_shared_by_every_member(client):
     job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "species",
                                      "training": {"validation_fraction": 0.25}}).json()
     assert job["spec"]["model"]["folds"] == 1 and job["spec"]["model"]["members"] == 8
+
+
+def test_more_folds_than_rows_is_422_naming_folds(client):
+    ds = upload(client, "xor.csv").json()
+    body = problem(client.post("/jobs", json={"dataset_id": ds["id"], "target": "y",
+                                              "model": {"folds": 8, "members": 8}}), 422)
+    assert body["errors"][0]["field"] == "model.folds" and "8 folds for 4 rows" in body["detail"]
+    assert client.get("/jobs").json()["total"] == 0
+    # the default (4 folds) holds out one XOR row per fold and trains
+    assert client.post("/jobs", json={"dataset_id": ds["id"], "target": "y"}).status_code == 202

@@ -12,7 +12,6 @@ models", 2004), and the model keeps the chosen members with their weights.
 import math
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -468,12 +467,17 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
         row["seconds"] = time.perf_counter() - started
         result.history.append(row)
 
-        names = [name for name, _ in net.named_parameters()]
-        snapshot = partial(EnsembleState, epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
-                           generator=gen.get_state(), rng=_snapshot_rng(dev),
-                           best_net=dict(zip(names, best_params, strict=True)), best_loss=best_loss,
-                           best_epoch=best_epoch, since=since, ensemble_best=ensemble_best,
-                           ensemble_since=ensemble_since.clone(), alive=alive, best_out=best_out)
+        # Built only if the caller checkpoints this epoch (the hook calls it synchronously, so the loop's
+        # current tensors are the ones bound here).
+        def snapshot(epoch: int = epoch, best_loss: torch.Tensor = best_loss, best_epoch: torch.Tensor = best_epoch,
+                     since: torch.Tensor = since, ensemble_best: torch.Tensor = ensemble_best,
+                     ensemble_since: torch.Tensor = ensemble_since, alive: torch.Tensor = alive) -> EnsembleState:
+            names = [name for name, _ in net.named_parameters()]
+            return EnsembleState(epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
+                                 generator=gen.get_state(), rng=_snapshot_rng(dev),
+                                 best_net=dict(zip(names, best_params, strict=True)), best_loss=best_loss,
+                                 best_epoch=best_epoch, since=since, ensemble_best=ensemble_best,
+                                 ensemble_since=ensemble_since.clone(), alive=alive, best_out=best_out)
 
         if on_epoch is not None:
             reason = on_epoch(EpochReport(epoch=epoch, metrics=row, history=result.history, snapshot=snapshot))

@@ -26,6 +26,13 @@ def score(server, model_id: str, content: bytes, filename: str = "rows.csv"):
     return server.post(f"/models/{model_id}/predict", files={"file": (filename, content, "text/csv")})
 
 
+def scored_rows(resp) -> list[dict[str, str]]:
+    """The rows of a 200 text/csv answer."""
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/csv")
+    return list(csv.DictReader(io.StringIO(resp.text, newline="")))
+
+
 def problem(resp, status: int) -> dict:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"] == "application/problem+json"
@@ -40,9 +47,8 @@ def test_a_csv_comes_back_with_its_columns_and_the_predictions(server, model_id)
             "b,6.7,3.0,,2.3,missing petal_length\n"
             "c,5.9,3.0,4.2,1.5,\n")
     resp = score(server, model_id, text.encode())
-    assert resp.status_code == 200, resp.text
-    assert resp.headers["content-type"].startswith("text/csv") and resp.headers["x-row-count"] == "3"
-    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    rows = scored_rows(resp)
+    assert resp.headers["x-row-count"] == "3"
     assert list(rows[0]) == ["id", *FEATURES, "note", "prediction", *(f"p_{label}" for label in LABELS)]
     assert [r["id"] for r in rows] == ["a", "b", "c"] and rows[0]["note"] == "first, with a comma"
     records = [{f: (float(r[f]) if r[f] else None) for f in FEATURES} for r in rows]
@@ -132,24 +138,20 @@ def test_formula_cells_and_headers_come_back_as_text_unless_asked_otherwise(serv
             "5.1,3.5,1.4,0.2,\"=cmd|' /C calc'!A0\",+1+1,-2.5\n"
             "6.7,3.0,5.2,2.3,\"\tTAB\",@SUM(A1),x\n"
             "5.9,3.0,4.2,1.5,plain,-7,=1\n")
-    resp = score(server, model_id, text.encode())
-    assert resp.status_code == 200, resp.text
-    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    rows = scored_rows(score(server, model_id, text.encode()))
     assert list(rows[0])[4:7] == ["note", "'@total", "-2"]  # a header that is a number stays as it is
     assert [r["note"] for r in rows] == ["'=cmd|' /C calc'!A0", "'\tTAB", "plain"]
     assert [r["'@total"] for r in rows] == ["'+1+1", "'@SUM(A1)", "-7"]  # numbers are not formulas
     assert [r["-2"] for r in rows] == ["-2.5", "x", "'=1"]
     raw = server.post(f"/models/{model_id}/predict", params={"escape_formulas": "false"},
                       files={"file": ("rows.csv", text.encode(), "text/csv")})
-    assert [r["note"] for r in csv.DictReader(io.StringIO(raw.text))][0] == "=cmd|' /C calc'!A0"
+    assert [r["note"] for r in scored_rows(raw)][0] == "=cmd|' /C calc'!A0"
 
 
 def test_a_semicolon_file_with_decimal_commas_scores_like_its_plain_twin(server, model_id):
     plain = "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,3.0,4.2,1.5\n"
     european = "\n".join(";".join(f'"{v.replace(".", ",")}"' if "." in v else v for v in line.split(","))
                          for line in plain.strip().splitlines()) + "\n"
-    a, b = score(server, model_id, plain.encode()), score(server, model_id, european.encode())
-    assert a.status_code == b.status_code == 200, b.text
-    predictions = [[r["prediction"] for r in csv.DictReader(io.StringIO(resp.text, newline=""), delimiter=d)]
-                   for resp, d in ((a, ","), (b, ","))]
+    predictions = [[r["prediction"] for r in scored_rows(score(server, model_id, text.encode()))]
+                   for text in (plain, european)]
     assert predictions[0] == predictions[1] and len(predictions[0]) == 3

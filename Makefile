@@ -32,6 +32,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check service tests migrations bench
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

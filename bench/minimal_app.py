@@ -14,9 +14,9 @@ from typing import Any
 import uvicorn
 from fastapi import Body, FastAPI
 
-from service.training import data as D
 from service.training import pipeline as P
 from service.training.artifact import load_model
+from service.training.features import records_to_table
 
 
 def create_app(model_dir: str) -> FastAPI:
@@ -30,7 +30,7 @@ def create_app(model_dir: str) -> FastAPI:
 
     @app.post("/predict")
     def predict(body: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008
-        X = P.inputs_from_table(D.records_to_table(body["records"], features), meta)
+        X = P.inputs_from_table(records_to_table(body["records"], features), meta)
         return {"model_id": meta.model_id, **P.predict_inputs(net, meta, X)}
 
     return app

@@ -1,9 +1,9 @@
-"""Alembic environment: URL from the config (set by service.db.alembic_config), batch mode on SQLite."""
+"""Alembic environment: URL from the config (set by service.server.db.alembic_config), batch mode on SQLite."""
 
 from alembic import context
 
-from service import tables  # noqa: F401  (registers every table on Base.metadata)
-from service.db import Base, make_engine
+from service.server import tables  # noqa: F401  (registers every table on Base.metadata)
+from service.server.db import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

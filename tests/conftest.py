@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings
-from service.db import migrate
+from service.server.config import Settings
+from service.server.db import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("MLPS_TEST_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -66,8 +66,8 @@ def migrated(settings: Settings) -> Settings:
 
 def make_key(settings: Settings, name: str, admin: bool = False) -> str:
     """A new API key in the settings' database (what `mlps keys create` does)."""
-    from service.auth import create_key
-    from service.db import make_engine, make_sessionmaker, session_scope
+    from service.server.auth import create_key
+    from service.server.db import make_engine, make_sessionmaker, session_scope
 
     engine = make_engine(settings.database_url)
     try:
@@ -86,7 +86,7 @@ def client(migrated: Settings):
     """The API in-process over a real migrated database, sending an admin key."""
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from service.server.api import create_app
 
     with TestClient(create_app(migrated), headers=bearer(make_key(migrated, "admin", admin=True))) as c:
         yield c
@@ -95,8 +95,8 @@ def client(migrated: Settings):
 @pytest.fixture
 def worker(migrated: Settings):
     """A real worker (child process per job) on the CPU, against the same database as `client`."""
-    from service.devices import discover
-    from service.worker import Worker
+    from service.server.devices import discover
+    from service.server.worker import Worker
 
     w = Worker(migrated, discover("cpu"))
     w.start()

@@ -1,6 +1,6 @@
 """Device allocation is pure, so simulated GPU lists cover the scheduling logic without a GPU."""
 
-from service.devices import Device, accepted_requests, choose, free_devices, waiting_reason
+from service.server.devices import Device, accepted_requests, choose, free_devices, waiting_reason
 
 CPU = Device("cpu", "cpu", "CPU")
 GPU0 = Device("cuda:0", "cuda", "NVIDIA H100 80GB HBM3", 80 << 30)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from service.logs import configure, job_id_var
+from service.server.logs import configure, job_id_var
 from tests.conftest import upload
 
 

@@ -1,9 +1,9 @@
-"""service.plots: learning-curve figures drawn from a metrics answer, without a server."""
+"""service.client.plots: learning-curve figures drawn from a metrics answer, without a server."""
 
 import pytest
 from matplotlib.image import imread
 
-from service.plots import main_metric, plot_job
+from service.client.plots import main_metric, plot_job
 
 
 def _epochs(names: list[str], n: int = 5) -> list[dict]:

@@ -6,12 +6,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from service import queue
-from service.db import make_engine, make_sessionmaker, session_scope, utcnow
-from service.errors import Conflict
 from service.schemas import JobCreate
-from service.spec import resolve
-from service.tables import Dataset, Job, JobStatus
+from service.server import queue
+from service.server.db import make_engine, make_sessionmaker, session_scope, utcnow
+from service.server.errors import Conflict
+from service.server.spec import resolve
+from service.server.tables import Dataset, Job, JobStatus
 
 BOTH_DATABASES = True
 SPEC = {"dataset_id": "ds_00000000000000aa", "target": "y", "training": {"epochs": 3}}
@@ -118,7 +118,7 @@ def test_cancel_running_waits_for_the_worker(sessions):
 
 
 def test_a_new_attempt_drops_the_lost_attempts_metrics(sessions):
-    from service.tables import EpochMetric
+    from service.server.tables import EpochMetric
 
     (job_id,) = enqueue(sessions)
     c = claim(sessions)

@@ -39,7 +39,7 @@ class ModelMeta(BaseModel):
     model_id: str | None = None
     job_id: str | None = None
     dataset_id: str | None = None
-    spec: dict[str, Any]  # the job's resolved spec (service.spec.StoredSpec as JSON)
+    spec: dict[str, Any]  # the job's resolved spec (service.server.spec.StoredSpec as JSON)
     task: str
     target_columns: list[str] = Field(default_factory=list)
     features: list[dict[str, Any]] = Field(default_factory=list)  # the feature schema shown with the model

@@ -8,11 +8,23 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from service.training import data as D
+from service.training import ingest
 from service.training import metrics as M
 from service.training.artifact import ModelMeta
 from service.training.ensemble import ensemble_outputs
 from service.training.ensemble import spread as ensemble_spread
+from service.training.features import (
+    Encoding,
+    decode_regression,
+    encode_regression,
+    encode_target,
+    fit_preprocessing,
+    fit_regression_targets,
+    fit_target,
+    split_rows,
+    transform,
+)
+from service.training.features import class_weights as balanced_weights
 from service.training.loop import Task, TrainData, as_floats, forward_chunked
 from service.training.nets import EnsembleNet
 
@@ -39,11 +51,11 @@ def _three_way(n: int, split: SplitSpec, strata: np.ndarray | None) -> tuple[np.
     rows = np.arange(n)
     test = np.arange(0)
     if split.test_fraction > 0:
-        s = D.split_rows(n, split.test_fraction, split.seed, strata)
+        s = split_rows(n, split.test_fraction, split.seed, strata)
         rows, test = s.train, s.validation
     fraction = split.validation_fraction / (1 - split.test_fraction) if split.test_fraction > 0 else \
         split.validation_fraction
-    s = D.split_rows(len(rows), fraction, split.seed + 1 if split.test_fraction > 0 else split.seed,
+    s = split_rows(len(rows), fraction, split.seed + 1 if split.test_fraction > 0 else split.seed,
                      strata[rows] if strata is not None else None)
     return rows[s.train], rows[s.validation], test
 
@@ -51,16 +63,16 @@ def _three_way(n: int, split: SplitSpec, strata: np.ndarray | None) -> tuple[np.
 def _fit_targets(table: pa.Table | None, targets: list[str], task: str):
     """(target parameters, encoded targets or None, rows that have a target)."""
     if task == "classification":
-        params = D.fit_target(table.column(targets[0]), task)
-        y_all = D.encode_target(table.column(targets[0]), params)
+        params = fit_target(table.column(targets[0]), task)
+        y_all = encode_target(table.column(targets[0]), params)
         if len(params["labels"]) < 2:
             only = params["labels"][0] if params["labels"] else None
-            raise D.DataError(f"target '{targets[0]}' has only one class ({only!r}); classification needs at "
+            raise ingest.DataError(f"target '{targets[0]}' has only one class ({only!r}); classification needs at "
                               "least two", column=targets[0])
         return params, y_all, y_all >= 0
     if task == "regression":
-        params = D.fit_regression_targets(table, targets)
-        y_all = D.encode_regression(table, params)
+        params = fit_regression_targets(table, targets)
+        y_all = encode_regression(table, params)
         return params, y_all, ~np.isnan(y_all).any(axis=1)
     return {"task": task}, None, None
 
@@ -75,7 +87,8 @@ def _assemble(task: str, params: dict[str, Any], y_all: np.ndarray | None, X_of,
             return None
         return y_all[rows].astype(np.int64 if task == "classification" else np.float32)
 
-    weights = D.class_weights(y_all[train], params["labels"], class_weights) if task == "classification" else None
+    weights = (balanced_weights(y_all[train], params["labels"], class_weights) if task == "classification"
+               else None)
     data = TrainData(task=task, X_train=X_of(train), y_train=y(train), X_val=X_of(val), y_val=y(val),
                      n_classes=len(params.get("labels", [])), target_scale=params.get("scale", 1.0),
                      class_weights=weights)
@@ -85,14 +98,14 @@ def _assemble(task: str, params: dict[str, Any], y_all: np.ndarray | None, X_of,
 
 def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
             split: SplitSpec, class_weights: str | dict[str, float] | None = None,
-            encoding: D.Encoding = D.Encoding()) -> Prepared:
+            encoding: Encoding = Encoding()) -> Prepared:
     """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
     params, y_all, keep = _fit_targets(table, targets, task)
     n_dropped = 0
     if keep is not None:
         n_dropped = int((~keep).sum())
         if n_dropped == len(keep):
-            raise D.DataError(f"target '{targets[0]}' has no values", column=targets[0])
+            raise ingest.DataError(f"target '{targets[0]}' has no values", column=targets[0])
         if n_dropped:
             table, y_all = table.filter(pa.array(keep)), y_all[keep]
     fitted: dict[str, Any] = {}
@@ -101,11 +114,11 @@ def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: 
         # The first call is with the training rows: preprocessing is fitted on them alone.
         part = table.take(pa.array(rows))
         if not fitted:
-            fitted.update(D.fit_preprocessing(part, features, kinds, encoding))
+            fitted.update(fit_preprocessing(part, features, kinds, encoding))
             if fitted["n_inputs"] == 0:
-                raise D.DataError("no feature gives the network an input: every level of the categorical "
+                raise ingest.DataError("no feature gives the network an input: every level of the categorical "
                                   "feature(s) occurs in one training row only (identifiers?); choose other features")
-        return D.transform(part, fitted)
+        return transform(part, fitted)
 
     data, X_test, y_test, counts = _assemble(task, params, y_all, X_of, split, class_weights, table.num_rows)
     info = {**counts, "n_rows_without_target": n_dropped, "n_inputs": int(fitted["n_inputs"])}
@@ -123,7 +136,7 @@ def prepare_arrays(arrays: dict[str, np.ndarray], *, task: str, split: SplitSpec
     table = pa.table({"y": pa.array(arrays["y"])}) if "y" in arrays else None
     params, y_all, keep = _fit_targets(table, ["y"], task)
     if keep is not None and not keep.all():
-        raise D.DataError("'y' has missing values; every record needs a target", column="y")
+        raise ingest.DataError("'y' has missing values; every record needs a target", column="y")
     data, X_test, y_test, counts = _assemble(task, params, y_all, lambda rows: X_all[rows], split, class_weights,
                                              len(X_all))
     info = {**counts, "n_rows_without_target": 0, "n_inputs": pre["n_inputs"], "input_shape": shape}
@@ -172,7 +185,7 @@ def network_outputs(net: nn.Module, X: torch.Tensor, task: str, n_classes: int) 
 
 
 def inputs_from_table(table: pa.Table, meta: ModelMeta) -> np.ndarray:
-    return D.transform(table, meta.preprocessing)
+    return transform(table, meta.preprocessing)
 
 
 def inputs_from_arrays(inputs: Any, meta: ModelMeta) -> np.ndarray:
@@ -181,13 +194,13 @@ def inputs_from_arrays(inputs: Any, meta: ModelMeta) -> np.ndarray:
     try:
         arr = np.asarray(inputs, dtype=np.float64)
     except (ValueError, TypeError):
-        raise D.DataError(f"inputs must be numeric arrays shaped [n, {', '.join(map(str, pre['shape']))}] "
+        raise ingest.DataError(f"inputs must be numeric arrays shaped [n, {', '.join(map(str, pre['shape']))}] "
                           "with every record the same shape") from None
     if arr.ndim >= 1 and list(arr.shape[1:]) != pre["shape"] or arr.ndim == 0 or len(arr) == 0:
-        raise D.DataError(f"inputs must be shaped [n, {', '.join(map(str, pre['shape']))}]; "
+        raise ingest.DataError(f"inputs must be shaped [n, {', '.join(map(str, pre['shape']))}]; "
                           f"received {list(arr.shape)}")
     if not np.isfinite(arr).all():
-        raise D.DataError("inputs hold NaN or infinite values")
+        raise ingest.DataError("inputs hold NaN or infinite values")
     return (arr.reshape(len(arr), -1) * pre["scale"]).astype(np.float32)
 
 
@@ -227,7 +240,7 @@ def predict_arrays(net: nn.Module, meta: ModelMeta, X: np.ndarray, device: str =
         if task == "autoencoder":
             # An autoencoder's answer per record is its reconstruction error (an anomaly score).
             return RawPrediction(values=((out - Xt) ** 2).mean(dim=1, keepdim=True).cpu().numpy().astype(np.float64))
-    return RawPrediction(values=D.decode_regression(out.cpu().numpy().astype(np.float64), target), spread=spread)
+    return RawPrediction(values=decode_regression(out.cpu().numpy().astype(np.float64), target), spread=spread)
 
 
 def _uncertainty(raw: RawPrediction, target: dict[str, Any]) -> list[dict[str, Any]] | None:

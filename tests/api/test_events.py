@@ -2,8 +2,8 @@
 
 import pytest
 
-from service.api.events import EventId
-from service.errors import InvalidInput
+from service.server.api.events import EventId
+from service.server.errors import InvalidInput
 from tests.conftest import upload
 
 

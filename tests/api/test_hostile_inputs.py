@@ -479,7 +479,7 @@ def test_another_owners_model_or_data_set_is_404(client, settings, before_model,
 def test_json_bodies_over_the_limit_are_413_with_or_without_a_length(client, settings, before):
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from service.server.api import create_app
 
     limited = create_app(settings.model_copy(update={"max_json_bytes": 1000}))
     body = json.dumps({"model_id": "mdl_0000000000000000", "records": [IRIS_RECORD] * 50}).encode()
@@ -498,7 +498,7 @@ def test_an_npz_that_unpacks_to_more_than_the_limit_is_refused(client, settings,
     import numpy as np
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from service.server.api import create_app
 
     buf = io.BytesIO()
     np.savez_compressed(buf, X=np.zeros((2000, 1000), dtype=np.float32))  # 8 MB of zeros, a few kB packed

@@ -112,8 +112,8 @@ def test_health_and_readiness(client):
 def test_api_refuses_to_start_on_an_unmigrated_database(settings):
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
-    from service.db import SchemaNotReady
+    from service.server.api import create_app
+    from service.server.db import SchemaNotReady
 
     with pytest.raises(SchemaNotReady, match="run `mlps migrate`"), TestClient(create_app(settings)):
         pass

@@ -1,6 +1,6 @@
 """The OpenAPI document describes errors as they are sent: one Problem shape, as application/problem+json."""
 
-from service.errors import PROBLEM_JSON, Problem
+from service.server.errors import PROBLEM_JSON, Problem
 
 
 def test_every_documented_error_is_a_problem(client):

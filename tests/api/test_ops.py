@@ -5,8 +5,8 @@ import asyncio
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.api import create_app
-from service.api.ops import PredictLatencyMiddleware, predict_endpoint
+from service.server.api import create_app
+from service.server.api.ops import PredictLatencyMiddleware, predict_endpoint
 from tests.conftest import bearer, make_key, upload
 
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load
 from typer.testing import CliRunner
 
-from service.api import create_app
-from service.auth import UNAUTHORIZED
 from service.cli import app as cli
+from service.server.api import create_app
+from service.server.auth import UNAUTHORIZED
 from tests.conftest import bearer, dataset_path, make_key, upload
 from tests.helpers import wait_for
 
@@ -283,10 +283,10 @@ def test_runtime_ceiling_applies_to_jobs_that_set_none(migrated):
 
 
 def test_parameter_estimate_matches_the_network_built(migrated):
-    from service.jobs import estimate_parameters
     from service.schemas import JobCreate
-    from service.spec import resolve
-    from service.tables import Dataset
+    from service.server.jobs import estimate_parameters
+    from service.server.spec import resolve
+    from service.server.tables import Dataset
     from service.training.nets import EnsembleNet, NetSpec, build_network
 
     columns = [{"name": f"x{i}", "kind": "numeric", "n_unique": 10} for i in range(7)]
@@ -341,7 +341,7 @@ def test_data_from_before_keys_belongs_to_the_admin_owner(settings):
     from alembic import command
     from sqlalchemy import create_engine, text
 
-    from service.db import alembic_config, migrate
+    from service.server.db import alembic_config, migrate
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(settings.database_url), "20261126_0002")

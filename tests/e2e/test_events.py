@@ -125,7 +125,7 @@ def test_unknown_job_and_malformed_last_event_id_are_problems(server, iris_datas
 @pytest.fixture
 def api_without_workers(migrated):
     """The API alone (no worker, so jobs stay queued) in uvicorn on a thread, with a 0.2 s keep-alive."""
-    from service.api import create_app
+    from service.server.api import create_app
 
     app = create_app(migrated)
     app.state.events_keepalive_s = 0.2

@@ -3,7 +3,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.training import data as D
+from service.training import ingest
+from service.training.features import fit_preprocessing, records_to_table, split_rows, transform
 from tests.conftest import dataset_path
 
 
@@ -11,7 +12,7 @@ def ingest_bytes(tmp_path, content: bytes):
     src = tmp_path / "upload"
     src.write_bytes(content)
     dest = tmp_path / "out.parquet"
-    return D.ingest(src, dest, max_columns=100), dest
+    return ingest.ingest(src, dest, max_columns=100), dest
 
 
 def test_iris_schema_inference(tmp_path):
@@ -38,7 +39,7 @@ def test_tsv_semicolon_missing_values_and_booleans(tmp_path):
 
 
 def test_type_that_changes_after_first_block_is_widened(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 64)
     rows = b"".join(b"%d,%d\n" % (i, i) for i in range(200))
     res, dest = ingest_bytes(tmp_path, b"a,b\n" + rows + b"2.5,x\n")
     kinds = {c["name"]: (c["kind"], c["dtype"]) for c in res.columns}
@@ -50,7 +51,7 @@ def test_type_that_changes_after_first_block_is_widened(tmp_path, monkeypatch):
 def test_parquet_upload(tmp_path):
     src = tmp_path / "x.parquet"
     pq.write_table(pa.table({"x": [1.0, 2.0], "label": ["a", "b"]}), src)
-    res = D.ingest(src, tmp_path / "out.parquet", max_columns=10)
+    res = ingest.ingest(src, tmp_path / "out.parquet", max_columns=10)
     assert res.format == "parquet" and res.n_rows == 2
 
 
@@ -64,45 +65,45 @@ def test_parquet_upload(tmp_path):
     (b"a,,c\n1,2,3\n", "empty name"),
 ])
 def test_bad_files_are_rejected_and_leave_nothing(tmp_path, content, message):
-    with pytest.raises(D.DataError, match=message):
+    with pytest.raises(ingest.DataError, match=message):
         ingest_bytes(tmp_path, content)
     assert not (tmp_path / "out.parquet").exists()
 
 
 def test_preprocessing_imputes_standardises_and_one_hot_encodes():
     train = pa.table({"x": [1.0, None, 3.0, 5.0], "c": ["a", "b", None, "a"]})
-    params = D.fit_preprocessing(train, ["x", "c"], {"x": "numeric", "c": "categorical"})
+    params = fit_preprocessing(train, ["x", "c"], {"x": "numeric", "c": "categorical"})
     x = params["features"][0]
     assert x["fill"] == 3.0  # median of 1, 3, 5
     assert params["features"][1] == {"name": "c", "kind": "categorical", "categories": ["a", "b"], "fill": "a"}
-    X = D.transform(train, params)
+    X = transform(train, params)
     assert X.shape == (4, 3)
     assert X[:, 0].mean() == pytest.approx(0.0, abs=1e-6) and X[:, 0].std() == pytest.approx(1.0, abs=1e-6)
     assert X[2, 1:].tolist() == [1.0, 0.0]  # missing category → most frequent
-    unseen = D.transform(pa.table({"x": [2.0], "c": ["zzz"]}), params)
+    unseen = transform(pa.table({"x": [2.0], "c": ["zzz"]}), params)
     assert unseen[0, 1:].tolist() == [0.0, 0.0]  # never seen in training → all zeros
 
 
 def test_stratified_split_is_seeded_and_keeps_class_shares():
     y = np.array([0] * 50 + [1] * 30 + [2] * 20)
-    a = D.split_rows(100, 0.2, seed=3, strata=y)
-    b = D.split_rows(100, 0.2, seed=3, strata=y)
+    a = split_rows(100, 0.2, seed=3, strata=y)
+    b = split_rows(100, 0.2, seed=3, strata=y)
     assert np.array_equal(a.validation, b.validation)
     assert np.bincount(y[a.validation]).tolist() == [10, 6, 4]
     assert len(np.intersect1d(a.train, a.validation)) == 0 and len(a.train) + len(a.validation) == 100
 
 
 def test_task_inference():
-    assert D.infer_task({"kind": "categorical", "dtype": "string", "n_unique": 3}) == "classification"
-    assert D.infer_task({"kind": "boolean", "dtype": "bool", "n_unique": 2}) == "classification"
-    assert D.infer_task({"kind": "numeric", "dtype": "int64", "n_unique": 2}) == "classification"
-    assert D.infer_task({"kind": "numeric", "dtype": "int64", "n_unique": 300}) == "regression"
-    assert D.infer_task({"kind": "numeric", "dtype": "double", "n_unique": 2}) == "regression"
+    assert ingest.infer_task({"kind": "categorical", "dtype": "string", "n_unique": 3}) == "classification"
+    assert ingest.infer_task({"kind": "boolean", "dtype": "bool", "n_unique": 2}) == "classification"
+    assert ingest.infer_task({"kind": "numeric", "dtype": "int64", "n_unique": 2}) == "classification"
+    assert ingest.infer_task({"kind": "numeric", "dtype": "int64", "n_unique": 300}) == "regression"
+    assert ingest.infer_task({"kind": "numeric", "dtype": "double", "n_unique": 2}) == "regression"
 
 
 def test_records_errors_name_record_and_column():
     feats = [{"name": "x", "kind": "numeric"}, {"name": "c", "kind": "categorical"}]
-    with pytest.raises(D.DataError, match="record 1: column 'x' is missing"):
-        D.records_to_table([{"x": 1, "c": "a"}, {"c": "b"}], feats)
-    with pytest.raises(D.DataError, match="record 0: column 'x' expects a number"):
-        D.records_to_table([{"x": "abc", "c": "a"}], feats)
+    with pytest.raises(ingest.DataError, match="record 1: column 'x' is missing"):
+        records_to_table([{"x": 1, "c": "a"}, {"c": "b"}], feats)
+    with pytest.raises(ingest.DataError, match="record 0: column 'x' expects a number"):
+        records_to_table([{"x": "abc", "c": "a"}], feats)

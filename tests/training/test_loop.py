@@ -147,7 +147,7 @@ def test_resuming_from_a_checkpoint_continues_bit_for_bit(tmp_path):
 def test_logistic_regression_by_lbfgs_reaches_scikit_learns_optimum():
     from sklearn.linear_model import LogisticRegression
 
-    from service.spec import LOGISTIC_TRAINING
+    from service.server.spec import LOGISTIC_TRAINING
 
     table = pacsv.read_csv(dataset_path("breast_cancer.csv"))
     features = [c for c in table.column_names if c != "diagnosis"]
@@ -185,7 +185,7 @@ def test_a_model_folder_written_before_ensembles_still_loads_and_predicts_the_sa
 
 
 def test_a_job_spec_stored_before_versioning_reads_as_the_single_networks_defaults():
-    from service.spec import SINGLE_TRAINING, read_spec
+    from service.server.spec import SINGLE_TRAINING, read_spec
 
     v1 = {"dataset_id": "ds_1", "target": "species", "features": ["a", "b"], "task": "classification",
           "model": {"type": "mlp", "hidden_layers": [16], "activation": "tanh", "dropout": 0.0, "batch_norm": False},

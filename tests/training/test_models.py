@@ -160,7 +160,7 @@ def test_gradient_clipping_bounds_each_step():
 
 
 def test_balanced_class_weights():
-    from service.training.data import class_weights
+    from service.training.features import class_weights
 
     y = np.array([0] * 90 + [1] * 10)
     assert class_weights(y, ["a", "b"], "balanced") == pytest.approx([100 / 180, 100 / 20])

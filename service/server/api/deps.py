@@ -8,13 +8,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service import auth, datasets, jobs, predict
-from service.auth import Principal
-from service.config import Settings
-from service.errors import Forbidden
-from service.predict import ModelCache
-from service.storage import Storage
-from service.tables import Dataset, Job, Model
+from service.server import auth, datasets, jobs, predict
+from service.server.auth import Principal
+from service.server.config import Settings
+from service.server.errors import Forbidden
+from service.server.predict import ModelCache
+from service.server.storage import Storage
+from service.server.tables import Dataset, Job, Model
 
 
 # Dependencies that only read app.state are async: a sync one would cost a thread-pool round trip per request.

@@ -7,12 +7,12 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.auth import Principal, can_see, visible
-from service.errors import Conflict, InvalidInput, NotFound
-from service.queue import new_id
-from service.storage import Storage, publish
-from service.tables import Dataset, Job, JobStatus
-from service.training import data as D
+from service.server.auth import Principal, can_see, visible
+from service.server.errors import Conflict, InvalidInput, NotFound
+from service.server.queue import new_id
+from service.server.storage import Storage, publish
+from service.server.tables import Dataset, Job, JobStatus
+from service.training import ingest
 
 log = logging.getLogger("mlps.datasets")
 
@@ -30,9 +30,9 @@ def create(*, session: Session, storage: Storage, upload_path: Path, name: str, 
     staged = storage.temp_path(".parquet")
     try:
         try:
-            result = D.ingest(upload_path, staged, max_columns=max_columns, max_rows=max_rows,
+            result = ingest.ingest(upload_path, staged, max_columns=max_columns, max_rows=max_rows,
                               max_array_bytes=max_array_bytes)
-        except D.DataError as exc:
+        except ingest.DataError as exc:
             errors = [{"column": exc.column, "message": str(exc)}] if exc.column else [
                 {"field": "file", "message": str(exc)}]
             raise InvalidInput(str(exc), errors=errors) from None

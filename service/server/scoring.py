@@ -1,10 +1,9 @@
-"""POST /models/{id}/predict: score a whole CSV (or Parquet) file, streaming the predictions back as CSV.
+"""Batch scoring: a whole CSV (or Parquet) file through a model, as CSV.
 
-The upload streams to a temp file; the file is then read in batches (at most BATCH_ROWS rows), each batch goes
-through the model's fitted preprocessing and the network, and its rows go out at once, so a file of millions of
-rows is never held whole. Before the answer starts, every row is parsed once with the features' types and the
-first batch is scored, so a missing column or a value of the wrong type anywhere is an ordinary 422 problem; the
-answer's X-Row-Count header says how many rows follow.
+The file is read in batches (at most BATCH_ROWS rows), each batch goes through the model's fitted preprocessing
+and the network, and its rows go out at once, so a file of millions of rows is never held whole. Before the
+answer starts, every row is parsed once with the features' types and the first batch is scored, so a missing
+column or a value of the wrong type anywhere is an ordinary 422 problem. The router is in api/scoring.py.
 """
 
 import io
@@ -19,34 +18,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
 
-from service import predict
-from service.api.deps import PrincipalDep
-from service.errors import InvalidInput, problem_responses
-from service.predict import ModelCache
-from service.tables import Model
-from service.training import data as D
+from service.server.errors import InvalidInput
+from service.server.predict import ModelCache
+from service.server.tables import Model
+from service.training import ingest
 from service.training import pipeline as P
 from service.training.artifact import ModelMeta
-from service.uploads import multipart_body, receive_file
 
 log = logging.getLogger("mlps.api")
-router = APIRouter(tags=["models"])
 
 BATCH_ROWS = 65_536
 CSV_BLOCK_BYTES = 4 << 20
 PREDICTION = "prediction"
-ROW_COUNT_HEADER = "X-Row-Count"
-
-UPLOAD_BODY = multipart_body(
-    "CSV, TSV or Parquet with (at least) the model's feature columns; the header row names the columns",
-    {"file": "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n"},
-)
-_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
 
 
 def _file_error(message: str, column: str | None = None) -> InvalidInput:
@@ -100,13 +84,14 @@ class BatchReader:
         self.path = path
         self.kinds = {f["name"]: f["kind"] for f in features}
         try:
-            fmt, delimiter = D.sniff_format(path)
-        except D.DataError as exc:
+            fmt, delimiter = ingest.sniff_format(path)
+        except ingest.DataError as exc:
             raise _file_error(str(exc)) from None
         if fmt == "npz":
             raise _file_error("this endpoint scores tables (CSV, TSV or Parquet); for arrays send 'inputs' to "
                               "POST /predict")
         self.format = fmt
+        self.delimiter = delimiter
         self.names = self._open_parquet() if fmt == "parquet" else self._open_csv(delimiter)
         missing = [name for name in self.kinds if name not in self.names]
         if missing:
@@ -127,13 +112,13 @@ class BatchReader:
         except UnicodeDecodeError as exc:
             raise _file_error(f"the header row is not UTF-8 text (invalid byte at offset {exc.start}); save the file "
                               "as UTF-8 and upload again") from None
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise _file_error(f"column name '{dupes[0]}' appears more than once; column names must be unique",
-                              column=dupes[0])
+        try:
+            ingest.check_header(names)
+        except ingest.DataError as exc:
+            raise _file_error(str(exc), column=exc.column) from None
         types = {name: _arrow_type(self.kinds[name]) if name in self.kinds else pa.string() for name in names}
         self._csv = (pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES), pacsv.ParseOptions(delimiter=delimiter),
-                     D.csv_convert_options(self.path, delimiter, types))
+                     ingest.csv_convert_options(self.path, delimiter, types))
         return names
 
     def _first_line(self) -> bytes:
@@ -174,16 +159,9 @@ class BatchReader:
             yield pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
     def _conversion_error(self, exc: pa.ArrowInvalid) -> InvalidInput:
-        text = str(exc)
-        m = _CONVERSION.search(text)
-        if m and int(m.group(1)) < len(self.names):
-            name = self.names[int(m.group(1))]
-            expects = {"double": "a number", "bool": "true or false"}.get(m.group(2), m.group(2))
-            return _file_error(f"column '{name}' expects {expects}, got {m.group(3)!r}", column=name)
-        if "Expected" in text and "columns" in text:
-            return _file_error("ragged rows: " + text.replace("CSV parse error: ", "")
-                               + "; every row needs as many fields as the header")
-        return _file_error(f"the file could not be read: {text}")
+        failure = ingest.conversion_failure(str(exc), self.names)
+        error = failure.error() if failure is not None else ingest.unreadable_csv(str(exc), self.delimiter)
+        return _file_error(str(error), column=error.column)
 
 
 # OWASP's rule for CSV injection: a cell a spreadsheet would run as a formula starts with one of these.
@@ -228,7 +206,7 @@ def prepare_scoring(cache: ModelCache, model: Model, path: Path,
     batches = (batch for batch in reader.batches() if batch.num_rows)
     try:
         head = _encode(scorer.score(next(batches)), header=True, escape_formulas=escape_formulas)
-    except D.DataError as exc:
+    except ingest.DataError as exc:
         raise _file_error(str(exc), column=exc.column) from None
 
     def body() -> Iterator[bytes]:
@@ -245,36 +223,3 @@ def prepare_scoring(cache: ModelCache, model: Model, path: Path,
     return n_rows, body()
 
 
-@router.post("/models/{model_id}/predict", openapi_extra=UPLOAD_BODY, response_class=StreamingResponse,
-             summary="Score a CSV or Parquet file (multipart field 'file'); answers CSV with predictions",
-             responses={200: {"content": {"text/csv": {}},
-                              "description": "The input columns, then 'prediction' and, for classifiers, "
-                                             "'p_<label>' per class"},
-                        **problem_responses(404, 413, 415, 422)})
-async def score_file(model_id: str, request: Request, principal: PrincipalDep,
-                     escape_formulas: bool = Query(
-                         default=True, description="Prefix text cells and headers starting with =, +, -, @, tab or "
-                                                   "CR (not numbers) with ' so that a spreadsheet shows them as text "
-                                                   "instead of running them; false returns them as they are")):
-    """Receive a file, check it against the model, and stream its rows back with predictions as CSV."""
-    state = request.app.state
-
-    def lookup() -> Model:
-        with state.sessions() as session:
-            return predict.get(session=session, model_id=model_id, principal=principal)
-
-    model = await run_in_threadpool(lookup)
-    state.storage.ensure()
-    upload_path = state.storage.temp_path(".score")
-    try:
-        await receive_file(request, upload_path, max_bytes=state.settings.max_upload_bytes)
-        n_rows, body = await run_in_threadpool(prepare_scoring, state.model_cache, model, upload_path,
-                                               escape_formulas)
-    except BaseException:
-        upload_path.unlink(missing_ok=True)
-        raise
-    filename = f"predictions-{model.id}.csv"
-    return StreamingResponse(body, media_type="text/csv",
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"',
-                                      ROW_COUNT_HEADER: str(n_rows)},
-                             background=BackgroundTask(upload_path.unlink, missing_ok=True))

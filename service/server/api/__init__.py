@@ -5,16 +5,16 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 import service
-from service.api import datasets, events, jobs, models, ops, scoring, system, workers
-from service.api.deps import get_principal
-from service.auth import PrincipalCache, RateLimiter
-from service.config import Settings, get_settings
-from service.db import make_engine, make_sessionmaker, require_schema_at_head
-from service.errors import install_error_handlers, problem_responses
-from service.fleet import Reaper
-from service.predict import ModelCache
-from service.storage import Storage
-from service.uploads import BodyLimit
+from service.server.api import datasets, events, jobs, models, ops, scoring, system, workers
+from service.server.api.deps import get_principal
+from service.server.auth import PrincipalCache, RateLimiter
+from service.server.config import Settings, get_settings
+from service.server.db import make_engine, make_sessionmaker, require_schema_at_head
+from service.server.errors import install_error_handlers, problem_responses
+from service.server.fleet import Reaper
+from service.server.predict import ModelCache
+from service.server.storage import Storage
+from service.server.uploads import BodyLimit
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

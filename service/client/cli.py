@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Ta
 from rich.table import Table
 from rich.text import Text
 
-from service.client import ApiError, Client, ClientError, JobEvent
+from service.client.http import ApiError, Client, ClientError, JobEvent
 
 datasets_app = typer.Typer(help="Upload, list, show, preview and delete data sets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Submit training jobs, follow them, read their metrics and plot them.",
@@ -543,7 +543,7 @@ def jobs_plot(job_id: str,
     with connect(url) as client:
         job = client.job(job_id)
         metrics = client.metrics(job_id)
-    from service.plots import plot_job
+    from service.client.plots import plot_job
 
     best = (job.get("result") or {}).get("best_epoch")
     title = f"{job_id} ({job['task']}, {job['status']})"
@@ -742,3 +742,12 @@ def predict(
     if output is not None:
         _console(stderr=True).print(f"wrote {output}")
 
+
+
+# ---------------------------------------------------------------- the client side of `mlps` (service.cli mounts it)
+
+app = typer.Typer(add_completion=False)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
+app.command(name="predict")(predict)

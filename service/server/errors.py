@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.logs import request_id_var
+from service.server.logs import request_id_var
 
 log = logging.getLogger("mlps.api")
 

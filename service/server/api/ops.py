@@ -20,13 +20,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import require_admin
-from service.config import Settings
-from service.db import utcnow
-from service.errors import problem_responses
-from service.fleet import liveness_window_s
-from service.tables import TERMINAL_STATUSES, Dataset, EpochMetric, Job, JobStatus, Model
-from service.tables import Worker as WorkerRow
+from service.server.api.deps import require_admin
+from service.server.config import Settings
+from service.server.db import utcnow
+from service.server.errors import problem_responses
+from service.server.fleet import liveness_window_s
+from service.server.tables import TERMINAL_STATUSES, Dataset, EpochMetric, Job, JobStatus, Model
+from service.server.tables import Worker as WorkerRow
 
 router = APIRouter(tags=["system"])
 

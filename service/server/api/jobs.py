@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, Query, Response
 
-from service import jobs, queue
-from service.api.deps import JobDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep
-from service.errors import problem_responses
 from service.schemas import EpochMetricsRead, JobCreate, JobMetrics, JobRead, Page
-from service.tables import JobStatus
+from service.server import jobs, queue
+from service.server.api.deps import JobDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep
+from service.server.errors import problem_responses
+from service.server.tables import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -7,13 +7,10 @@ pass initialises kernels and thread pools; doing both here, before any fork, mea
 import numpy as np
 import torch
 
-import service.runner  # noqa: F401
+import service.server.runner  # noqa: F401  (before the thread count drops below: it records torch's default)
 from service.training.ensemble import EnsembleConfig, train_ensemble
 from service.training.loop import TrainConfig, TrainData, train
 from service.training.nets import NetSpec
-
-# torch's default intra-op thread count, which each job's process restores (see runner.run_job).
-DEFAULT_THREADS = torch.get_num_threads()
 
 
 def _warm_up() -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.db import session_scope, utcnow
-from service.errors import NotFound, TooManyRequests, Unauthorized
-from service.queue import new_id
-from service.tables import ADMIN_OWNER, ApiKey
+from service.server.db import session_scope, utcnow
+from service.server.errors import NotFound, TooManyRequests, Unauthorized
+from service.server.queue import new_id
+from service.server.tables import ADMIN_OWNER, ApiKey
 
 KEY_PREFIX = "mlps_"
 ADMIN_KEY_FILE = "admin.key"

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.db import SchemaNotReady, require_schema_at_head
+from service.server.db import SchemaNotReady, require_schema_at_head
 
 router = APIRouter(tags=["system"])
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import update
 
-from service import queue
-from service.config import Settings
-from service.db import make_engine, make_sessionmaker, require_schema_at_head, session_scope, utcnow
-from service.devices import Device, accepted_requests, choose, free_devices
-from service.storage import Storage
-from service.tables import Job, JobStatus
-from service.tables import Worker as WorkerRow
+from service.server import queue
+from service.server.config import Settings
+from service.server.db import make_engine, make_sessionmaker, require_schema_at_head, session_scope, utcnow
+from service.server.devices import Device, accepted_requests, choose, free_devices
+from service.server.storage import Storage
+from service.server.tables import Job, JobStatus
+from service.server.tables import Worker as WorkerRow
 
 log = logging.getLogger("mlps.worker")
 
@@ -30,7 +30,7 @@ def _context() -> mp.context.BaseContext:
     """Children fork from a server that imported torch once, so a job start does not pay for it again."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["typer", "service.preload"])
+        ctx.set_forkserver_preload(["typer", "service.server.preload"])
         return ctx
     return mp.get_context("spawn")
 
@@ -188,7 +188,7 @@ class Worker:
         device = choose(claim.device_request, free, busy=set())
         log.info("job %s claimed (attempt %d) on %s", claim.job_id, claim.attempt, device.description,
                  extra={"job_id": claim.job_id})
-        from service.runner import run_job
+        from service.server.runner import run_job
 
         process = self._ctx.Process(
             target=run_job, name=f"mlps-job-{claim.job_id}",

@@ -11,13 +11,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from torch import nn
 
-from service.auth import Principal, can_see, visible
-from service.errors import InvalidInput, NotFound
-from service.storage import Storage
-from service.tables import Model
-from service.training import data as D
+from service.server.auth import Principal, can_see, visible
+from service.server.errors import InvalidInput, NotFound
+from service.server.storage import Storage
+from service.server.tables import Model
+from service.training import ingest
 from service.training import pipeline as P
 from service.training.artifact import META, WEIGHTS, ModelMeta, load_model
+from service.training.features import records_to_table
 
 
 class ModelCache:
@@ -104,8 +105,8 @@ def _inputs(meta: ModelMeta, records: list[dict[str, Any]] | None, inputs: list[
     try:
         if is_array:
             return P.inputs_from_arrays(inputs, meta)
-        return P.inputs_from_table(D.records_to_table(records, meta.preprocessing["features"]), meta)
-    except D.DataError as exc:
+        return P.inputs_from_table(records_to_table(records, meta.preprocessing["features"]), meta)
+    except ingest.DataError as exc:
         raise InvalidInput(str(exc), errors=[{"field": "inputs" if is_array else "records", "column": exc.column,
                                               "message": str(exc)}]) from None
 

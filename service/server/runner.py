@@ -11,17 +11,18 @@ from typing import Any
 
 import torch
 
-from service import queue
-from service.config import Settings
-from service.db import make_engine, make_sessionmaker, session_scope
-from service.logs import configure as configure_logging
-from service.logs import job_id_var
-from service.spec import StoredSpec, read_spec
-from service.storage import Storage, publish
-from service.tables import Dataset, Job, Model
-from service.training import data as D
+from service.server import queue
+from service.server.config import Settings
+from service.server.db import make_engine, make_sessionmaker, session_scope
+from service.server.logs import configure as configure_logging
+from service.server.logs import job_id_var
+from service.server.spec import StoredSpec, read_spec
+from service.server.storage import Storage, publish
+from service.server.tables import Dataset, Job, Model
+from service.training import ingest
 from service.training.artifact import ModelMeta, load_checkpoint, prune_checkpoints, save_checkpoint, save_model
 from service.training.ensemble import EnsembleConfig, EnsembleState, train_ensemble
+from service.training.features import Encoding, load_columns
 from service.training.loop import EpochReport, TrainConfig, TrainingError, TrainState, train
 from service.training.nets import NetSpec, count_parameters
 from service.training.perceptron import train_perceptron
@@ -96,13 +97,14 @@ def _exit_with_worker(worker_pid: int) -> None:
 # on a busy machine may not be scheduled at all for a while (measured: 20× slower steps with 2 threads on 2 shared
 # cores). The whole job's size does not matter; only how much one step can share out.
 SMALL_STEP_WORK = 16_000_000
+# torch's default intra-op thread count, read when this module is first imported: the worker's fork server
+# imports it (through service.server.preload) before it drops to one thread for the warm-up.
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def _set_threads(configured: int, work: int) -> int:
     """Threads for this job: the configured count, else 1 for small steps (a pool costs more than it
-    saves there), else torch's default. The fork server warmed up on one thread (see service.preload)."""
-    from service.preload import DEFAULT_THREADS
-
+    saves there), else torch's default. The fork server warmed up on one thread (see service.server.preload)."""
     threads = configured or (1 if work < SMALL_STEP_WORK else DEFAULT_THREADS)
     torch.set_num_threads(threads)
     return threads
@@ -198,20 +200,21 @@ def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage):
                       seed=training.seed)
     path = storage.dataset_file(dataset.id, dataset.format)
     if dataset.format == "npz":
-        return prepare_arrays(D.load_arrays(path), task=spec.task, split=split, class_weights=training.class_weights)
+        return prepare_arrays(ingest.load_arrays(path), task=spec.task, split=split,
+                              class_weights=training.class_weights)
     columns = {c["name"]: c for c in dataset.columns}
-    table = D.load_columns(path, [*spec.features, *spec.targets])
+    table = load_columns(path, [*spec.features, *spec.targets])
     return prepare(table, targets=spec.targets, features=spec.features,
                    kinds={f: columns[f]["kind"] for f in spec.features}, task=spec.task, split=split,
                    class_weights=training.class_weights, encoding=encoding_for(spec))
 
 
-def encoding_for(spec: StoredSpec) -> D.Encoding:
+def encoding_for(spec: StoredSpec) -> Encoding:
     """The ensemble's inputs: missing-value indicators, piecewise-linear bins, and no one-hot input for a level
     seen in one training row only; the single networks keep the lecture's plain encoding."""
     if spec.model.type != "ensemble":
-        return D.Encoding()
-    return D.Encoding(missing_indicators=True, bins=spec.model.bins or 0, min_category_rows=2)
+        return Encoding()
+    return Encoding(missing_indicators=True, bins=spec.model.bins or 0, min_category_rows=2)
 
 
 def ensemble_config(spec: StoredSpec) -> EnsembleConfig:
@@ -286,7 +289,7 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
                 raise _Stop(stop["message"])
             report = final_report(result.net, prepared, device=device, held_out=result.held_out) \
                 if result.stopped_by is None else {}
-        except (D.DataError, TrainingError) as exc:
+        except (ingest.DataError, TrainingError) as exc:
             raise _Stop(str(exc)) from None
         except torch.OutOfMemoryError:
             raise _Stop(f"out of memory on {device_description}; use a smaller batch_size or smaller hidden layers"

@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import queue
-from service.auth import Principal, visible
-from service.db import session_scope, utcnow
-from service.tables import Job, JobStatus, Worker
+from service.server import queue
+from service.server.auth import Principal, visible
+from service.server.db import session_scope, utcnow
+from service.server.tables import Job, JobStatus, Worker
 
 log = logging.getLogger("mlps.fleet")
 

@@ -8,7 +8,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia, problem
+from service.server.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia, problem
 
 FILE_FIELD = "file"
 MAX_TEXT_FIELD = 1024

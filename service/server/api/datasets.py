@@ -3,12 +3,12 @@
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service import datasets
-from service.api.deps import DatasetDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep, StorageDep
-from service.errors import problem_responses
 from service.schemas import DatasetPreview, DatasetRead, Page
-from service.training.data import preview
-from service.uploads import multipart_body, receive_file
+from service.server import datasets
+from service.server.api.deps import DatasetDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep, StorageDep
+from service.server.errors import problem_responses
+from service.server.uploads import multipart_body, receive_file
+from service.training.ingest import preview
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

@@ -27,11 +27,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs
-from service.api.deps import PrincipalDep
-from service.auth import Principal
-from service.errors import InvalidInput, problem_responses
-from service.tables import TERMINAL_STATUSES, EpochMetric, JobStatus
+from service.server import jobs
+from service.server.api.deps import PrincipalDep
+from service.server.auth import Principal
+from service.server.errors import InvalidInput, problem_responses
+from service.server.tables import TERMINAL_STATUSES, EpochMetric, JobStatus
 
 router = APIRouter(tags=["jobs"])
 

@@ -8,16 +8,16 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import queue
-from service.auth import Principal, can_see, visible
-from service.config import Settings
-from service.devices import waiting_reason
-from service.errors import InvalidInput, NotFound, TooManyRequests
 from service.schemas import JobCreate, JobRead, Progress
-from service.spec import SPEC_VERSION, StoredSpec, read_spec
-from service.spec import resolve as resolve_spec
-from service.tables import Dataset, EpochMetric, Job, JobStatus
-from service.training.data import infer_task
+from service.server import queue
+from service.server.auth import Principal, can_see, visible
+from service.server.config import Settings
+from service.server.devices import waiting_reason
+from service.server.errors import InvalidInput, NotFound, TooManyRequests
+from service.server.spec import SPEC_VERSION, StoredSpec, read_spec
+from service.server.spec import resolve as resolve_spec
+from service.server.tables import Dataset, EpochMetric, Job, JobStatus
+from service.training.ingest import infer_task
 from service.training.metrics import metric_names
 from service.training.nets import build_for, count_parameters, output_width
 

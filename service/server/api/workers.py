@@ -6,9 +6,9 @@ from typing import Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from service import fleet
-from service.api.deps import PrincipalDep, SessionDep, SettingsDep
-from service.errors import problem_responses
+from service.server import fleet
+from service.server.api.deps import PrincipalDep, SessionDep, SettingsDep
+from service.server.errors import problem_responses
 
 router = APIRouter(tags=["workers"])
 

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from service.db import utcnow
-from service.errors import Conflict
-from service.spec import StoredSpec
-from service.tables import EpochMetric, Job, JobStatus, Model
+from service.server.db import utcnow
+from service.server.errors import Conflict
+from service.server.spec import StoredSpec
+from service.server.tables import EpochMetric, Job, JobStatus, Model
 
 NOTIFY_CHANNEL = "mlps_jobs"
 

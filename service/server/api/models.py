@@ -5,8 +5,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from service import predict
-from service.api.deps import (
+from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
+from service.server import predict
+from service.server.api.deps import (
     LimitDep,
     ModelCacheDep,
     ModelDep,
@@ -16,9 +17,8 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from service.auth import can_see
-from service.errors import problem_responses
-from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
+from service.server.auth import can_see
+from service.server.errors import problem_responses
 
 router = APIRouter(tags=["models"])
 

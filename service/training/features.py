@@ -1,0 +1,266 @@
+"""Train and predict time: preprocessing fitted as JSON-able parameters (imputation, standardisation, one-hot,
+the ensemble's extra encodings), targets, splits, and records turned into a table.
+
+Pure pyarrow + numpy: no database, no HTTP. Parsing uploads is in `ingest`.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from service.training.ingest import DataError, quote_value
+
+
+def load_columns(path: Path, names: list[str]) -> pa.Table:
+    return pq.read_table(path, columns=names)
+
+
+def _numeric(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    values = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How columns become inputs beyond imputation, standardisation and one-hot (the single networks use none of
+    it; the ensemble all of it)."""
+
+    missing_indicators: bool = False  # a 0/1 "was missing" input for numeric columns with missing values
+    bins: int = 0  # piecewise-linear quantile bins per numeric column (0: none)
+    min_category_rows: int = 1  # levels in fewer training rows share the all-zero encoding of unseen levels
+
+
+def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str],
+                      encoding: Encoding = Encoding()) -> dict[str, Any]:
+    """Imputation, standardisation and one-hot categories (and what `encoding` adds), fitted on these (training)
+    rows only."""
+    out = []
+    for name in features:
+        col = table.column(name)
+        if kinds[name] == "categorical":
+            strings = pc.cast(col, pa.string()).drop_null()
+            if len(strings) == 0:
+                raise DataError(f"feature '{name}' has no values in the training rows", column=name)
+            counts = pc.value_counts(strings)
+            values = counts.field("values").to_pylist()
+            freq = counts.field("counts").to_pylist()
+            most = min(zip(values, freq, strict=True), key=lambda vc: (-vc[1], vc[0]))[0]
+            # A level seen in fewer rows than min_category_rows cannot generalise (one seen once names its row,
+            # like an identifier): such levels share the all-zero "other" encoding, as unseen levels do.
+            kept = sorted(v for v, c in zip(values, freq, strict=True) if c >= encoding.min_category_rows)
+            out.append({"name": name, "kind": "categorical", "categories": kept, "fill": most})
+        else:
+            values = _numeric(col)
+            finite = values[~np.isnan(values)]
+            if finite.size == 0:
+                raise DataError(f"feature '{name}' has no numeric values in the training rows", column=name)
+            median = float(np.median(finite))
+            filled = np.where(np.isnan(values), median, values)
+            std = float(filled.std())
+            item = {"name": name, "kind": kinds[name], "fill": median, "mean": float(filled.mean()),
+                    "scale": std if std > 1e-12 else 1.0}
+            if encoding.missing_indicators and finite.size < values.size:
+                item["missing_indicator"] = True
+            if encoding.bins and kinds[name] == "numeric":
+                # Piecewise-linear encoding (Gorishniy et al., "On embeddings for numerical features in tabular
+                # deep learning", 2022): one input per quantile bin, 0 below it, 1 above it, linear inside, so
+                # that a network can bend its answer at the data's own thresholds as a tree does.
+                edges = np.unique(np.quantile(finite, np.linspace(0, 1, encoding.bins + 1)))
+                if len(edges) >= 3:
+                    item["bins"] = edges.tolist()
+            out.append(item)
+    return {"features": out, "n_inputs": sum(_input_width(f) for f in out)}
+
+
+def _input_width(f: dict[str, Any]) -> int:
+    if f["kind"] == "categorical":
+        return len(f["categories"])
+    return 1 + bool(f.get("missing_indicator")) + max(len(f.get("bins", [])) - 1, 0)
+
+
+def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
+    """Apply fitted preprocessing: a float32 matrix, one column per number, one per category."""
+    n = table.num_rows
+    X = np.zeros((n, params["n_inputs"]), dtype=np.float32)
+    j = 0
+    for f in params["features"]:
+        col = table.column(f["name"])
+        if f["kind"] == "categorical":
+            cats = pa.array(f["categories"], pa.string())
+            strings = pc.fill_null(pc.cast(col, pa.string()), f["fill"])
+            # index_in gives null for a category never seen in training: that row's one-hot stays all zeros.
+            idx = pc.index_in(strings, value_set=cats).to_numpy(zero_copy_only=False)
+            idx = np.asarray(_nulls_to_minus_one(idx), dtype=np.int64)
+            rows = np.nonzero(idx >= 0)[0]
+            X[rows, j + idx[rows]] = 1.0
+            j += len(f["categories"])
+        else:
+            values = _numeric(col)
+            missing = np.isnan(values)
+            values = np.where(missing, f["fill"], values)
+            X[:, j] = (values - f["mean"]) / f["scale"]
+            j += 1
+            if f.get("missing_indicator"):
+                X[:, j] = missing
+                j += 1
+            if "bins" in f:
+                edges = np.asarray(f["bins"])
+                width = np.diff(edges)
+                X[:, j:j + len(width)] = np.clip((values[:, None] - edges[None, :-1]) / width[None, :], 0.0, 1.0)
+                j += len(width)
+    return X
+
+
+def _nulls_to_minus_one(idx: np.ndarray) -> np.ndarray:
+    """index_in's nulls arrive as NaN (float) or None (object): map them to -1."""
+    if idx.dtype == object:
+        return np.array([-1 if v is None else v for v in idx], dtype=np.int64)
+    if np.issubdtype(idx.dtype, np.floating):
+        return np.where(np.isnan(idx), -1, idx).astype(np.int64)
+    return idx
+
+
+def fit_target(col: pa.ChunkedArray, task: str) -> dict[str, Any]:
+    """Label list of a classification target."""
+    values = col.drop_null()
+    if pa.types.is_floating(col.type):
+        values = _integral(values)
+    labels = sorted(pc.unique(values).to_pylist(), key=lambda v: (str(type(v)), v))
+    return {"task": task, "labels": labels}
+
+
+def fit_regression_targets(table: pa.Table, names: list[str]) -> dict[str, Any]:
+    """Mean and scale of each regression target, for standardisation; a target with nothing to learn is refused."""
+    means, scales = [], []
+    for name in names:
+        values = _numeric(table.column(name))
+        finite = values[~np.isnan(values)]
+        if finite.size < 2:
+            raise DataError(f"target '{name}' has a value in {finite.size} row(s) only; regression needs at least 2 "
+                            "rows with a target (rows where it is missing or infinite are dropped)", column=name)
+        if finite.min() == finite.max():
+            raise DataError(f"target '{name}' has the same value ({finite[0]:g}) in every row; there is nothing to "
+                            "learn: choose a target that varies", column=name)
+        std = float(finite.std())
+        means.append(float(finite.mean()))
+        scales.append(std if std > 1e-12 else 1.0)
+    return {"task": "regression", "names": names, "mean": means, "scale": scales}
+
+
+def encode_regression(table: pa.Table, target: dict[str, Any]) -> np.ndarray:
+    """[n, k] standardised targets, NaN where missing."""
+    cols = [_numeric(table.column(n)) for n in target["names"]]
+    return (np.stack(cols, axis=1) - np.asarray(target["mean"])) / np.asarray(target["scale"])
+
+
+def _integral(values):
+    try:
+        return pc.cast(values, pa.int64())
+    except pa.ArrowInvalid:
+        raise DataError("the target holds fractional numbers, which cannot be class labels; "
+                        "use task 'regression'") from None
+
+
+def encode_target(col: pa.ChunkedArray, target: dict[str, Any]) -> np.ndarray:
+    """Class indices (int64), -1 where missing."""
+    values = _integral(col) if pa.types.is_floating(col.type) else col
+    idx = pc.index_in(values, value_set=pa.array(target["labels"], values.type)).to_numpy(zero_copy_only=False)
+    return _nulls_to_minus_one(idx)
+
+
+def decode_regression(values: np.ndarray, target: dict[str, Any]) -> np.ndarray:
+    return values * np.asarray(target["scale"]) + np.asarray(target["mean"])
+
+
+def class_weights(y: np.ndarray, labels: list[Any], spec: str | dict[str, float] | None) -> list[float] | None:
+    """Per-class loss weights: None, 'balanced' (n / (k · count)), or {label: weight}."""
+    if spec is None:
+        return None
+    k = len(labels)
+    if spec == "balanced":
+        counts = np.bincount(y, minlength=k).astype(np.float64)
+        return (len(y) / (k * np.maximum(counts, 1))).tolist()
+    by_name = {str(label): i for i, label in enumerate(labels)}
+    unknown = [name for name in spec if name not in by_name]
+    if unknown:
+        raise DataError(f"class_weights names label(s) {unknown} that the target does not have; labels: "
+                        f"{[str(label) for label in labels]}")
+    weights = [1.0] * k
+    for name, w in spec.items():
+        weights[by_name[name]] = float(w)
+    return weights
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    validation: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def split_rows(n: int, fraction: float, seed: int, strata: np.ndarray | None = None) -> Split:
+    """Seeded train/validation split, stratified by class when `strata` is given."""
+    rng = np.random.default_rng(seed)
+    if fraction <= 0 or n < 2:
+        return Split(train=np.arange(n), validation=np.arange(0))
+    if strata is None:
+        perm = rng.permutation(n)
+        k = min(max(1, round(n * fraction)), n - 1)
+        return Split(train=np.sort(perm[k:]), validation=np.sort(perm[:k]))
+    train, val = [], []
+    for cls in np.unique(strata):
+        rows = np.nonzero(strata == cls)[0]
+        rows = rows[rng.permutation(rows.size)]
+        k = round(rows.size * fraction) if rows.size > 1 else 0
+        val.append(rows[:k])
+        train.append(rows[k:])
+    return Split(train=np.sort(np.concatenate(train)), validation=np.sort(np.concatenate(val)))
+
+
+def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[str, Any]]) -> pa.Table:
+    """Predict-time records → a table with the trained features' types; errors name record and column."""
+    arrays = {}
+    for f in feature_params:
+        name, kind = f["name"], f["kind"]
+        values = []
+        for i, rec in enumerate(records):
+            if name not in rec:
+                raise DataError(f"record {i}: column '{name}' is missing", column=name)
+            v = rec[name]
+            if v is None:
+                values.append(None)
+            elif kind == "categorical":
+                if isinstance(v, (dict, list)):
+                    raise DataError(f"record {i}: column '{name}' expects a text category, got {type(v).__name__}",
+                                    column=name)
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value",
+                                    column=name)
+                values.append(str(v).lower() if isinstance(v, bool) else str(v))
+            elif kind == "boolean":
+                if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
+                    values.append(float(v))
+                else:
+                    raise DataError(f"record {i}: column '{name}' expects true or false, got {quote_value(v)}",
+                                    column=name)
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise DataError(f"record {i}: column '{name}' expects a number, got {quote_value(v)}", column=name)
+                try:
+                    number = float(v)
+                except OverflowError:
+                    raise DataError(f"record {i}: column '{name}' is out of range for a number (a {len(str(v))}-digit "
+                                    "integer); send a value within ±1.8e308", column=name) from None
+                if not math.isfinite(number):
+                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value "
+                                    "(it is filled in as in training)", column=name)
+                values.append(number)
+        arrays[name] = pa.array(values, pa.string() if kind == "categorical" else pa.float64())
+    return pa.table(arrays) if arrays else pa.table({})

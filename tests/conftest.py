@@ -8,17 +8,8 @@ import pytest
 
 from service.server.config import Settings
 from service.server.db import migrate
-
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path(os.environ.get("MLPS_TEST_DATASETS", ROOT.parent / "shared" / "datasets"))
-
-
-def dataset_path(name: str) -> Path:
-    path = DATASETS / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the tests need ../shared/datasets beside the repository")
-    return path
-
+from tests.helpers import bearer, make_key
+from tests.helpers import dataset_path as dataset_path  # re-exported: the CLI tests import it from here
 
 POSTGRES_ADMIN_URL = os.environ.get("MLPS_TEST_POSTGRES_URL")
 
@@ -64,23 +55,6 @@ def migrated(settings: Settings) -> Settings:
     return settings
 
 
-def make_key(settings: Settings, name: str, admin: bool = False) -> str:
-    """A new API key in the settings' database (what `mlps keys create` does)."""
-    from service.server.auth import create_key
-    from service.server.db import make_engine, make_sessionmaker, session_scope
-
-    engine = make_engine(settings.database_url)
-    try:
-        with session_scope(make_sessionmaker(engine)) as session:
-            return create_key(session, name=name, admin=admin)[1]
-    finally:
-        engine.dispose()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture
 def client(migrated: Settings):
     """The API in-process over a real migrated database, sending an admin key."""
@@ -103,8 +77,3 @@ def worker(migrated: Settings):
     yield w
     w.shutdown()
 
-
-def upload(client, name: str, content: bytes | None = None, filename: str | None = None):
-    """POST /datasets with a file from ../shared/datasets or raw bytes."""
-    data = content if content is not None else dataset_path(name).read_bytes()
-    return client.post("/datasets", files={"file": (filename or name, data, "text/csv")})

@@ -6,9 +6,24 @@ from service.client.http import (
     ApiError,
     Client,
     ClientError,
+    Column,
+    Dataset,
+    DatasetPreview,
+    Embedding,
+    EpochMetrics,
+    Job,
     JobEvent,
+    JobMetrics,
+    Model,
+    Page,
+    Prediction,
+    Progress,
     ServerUnreachable,
+    Worker,
+    WorkerList,
     parse_sse,
 )
 
-__all__ = ["DEFAULT_URL", "ApiError", "Client", "ClientError", "JobEvent", "ServerUnreachable", "parse_sse"]
+__all__ = ["DEFAULT_URL", "ApiError", "Client", "ClientError", "Column", "Dataset", "DatasetPreview", "Embedding",
+           "EpochMetrics", "Job", "JobEvent", "JobMetrics", "Model", "Page", "Prediction", "Progress",
+           "ServerUnreachable", "Worker", "WorkerList", "parse_sse"]

@@ -5,6 +5,8 @@ from typing import Any
 
 import matplotlib
 
+from service.client.http import EpochMetrics, JobMetrics
+
 matplotlib.use("Agg")
 
 from matplotlib.axes import Axes  # noqa: E402 (the backend is chosen first)
@@ -23,7 +25,7 @@ def main_metric(metric_names: set[str] | dict[str, Any]) -> str | None:
     return None
 
 
-def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+def _series(epochs: list[EpochMetrics], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for row in epochs:
         value = row["metrics"].get(key)
@@ -33,7 +35,7 @@ def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[flo
     return xs, ys
 
 
-def _curves(ax: Axes, epochs: list[dict[str, Any]], name: str, label: str, best_epoch: int | None) -> None:
+def _curves(ax: Axes, epochs: list[EpochMetrics], name: str, label: str, best_epoch: int | None) -> None:
     for split, colour in (("train", TRAIN_COLOUR), ("val", VALIDATION_COLOUR)):
         xs, ys = _series(epochs, f"{split}_{name}")
         if xs:
@@ -66,7 +68,7 @@ def _confusion(ax: Axes, confusion: dict[str, Any]) -> None:
                     color="white" if peak and count > peak / 2 else "black")
 
 
-def plot_job(metrics: dict[str, Any], output: str | Path, *, title: str | None = None,
+def plot_job(metrics: JobMetrics, output: str | Path, *, title: str | None = None,
              best_epoch: int | None = None) -> Path:
     """Write a PNG: loss curves, the main metric per epoch and, for classifiers, the confusion matrix."""
     epochs = metrics.get("epochs") or []
@@ -75,14 +77,15 @@ def plot_job(metrics: dict[str, Any], output: str | Path, *, title: str | None =
     names = {key for row in epochs for key in row["metrics"]}
     metric = main_metric(names)
     confusion = metrics.get("confusion_matrix")
-    has_confusion = bool(confusion and confusion.get("labels") and confusion.get("matrix"))
-    n_panels = 1 + (metric is not None) + has_confusion
+    if not (confusion and confusion.get("labels") and confusion.get("matrix")):
+        confusion = None
+    n_panels = 1 + (metric is not None) + (confusion is not None)
     figure = Figure(figsize=(PANEL_INCHES[0] * n_panels, PANEL_INCHES[1]), dpi=DPI, layout="constrained")
     axes = figure.subplots(1, n_panels, squeeze=False)[0]
     _curves(axes[0], epochs, "loss", "loss", best_epoch)
     if metric is not None:
         _curves(axes[1], epochs, metric, {"accuracy": "accuracy", "r2": "R²"}[metric], best_epoch)
-    if has_confusion:
+    if confusion is not None:
         _confusion(axes[-1], confusion)
     figure.suptitle(title or f"job {metrics.get('job_id', '')}".strip())
     output = Path(output)

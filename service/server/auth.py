@@ -15,14 +15,15 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVarTuple
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.server.db import session_scope, utcnow
 from service.server.errors import NotFound, TooManyRequests, Unauthorized
 from service.server.queue import new_id
-from service.server.tables import ADMIN_OWNER, ApiKey
+from service.server.tables import ADMIN_OWNER, ApiKey, Dataset, Job, Model
 
 KEY_PREFIX = "mlps_"
 ADMIN_KEY_FILE = "admin.key"
@@ -153,7 +154,7 @@ class PrincipalCache:
     """Keys found valid in the last `ttl_s` seconds, so that most requests authenticate without a database
     round trip; a revoked key is refused within `ttl_s` seconds by every API process."""
 
-    def __init__(self, sessions, ttl_s: float = 1.0) -> None:
+    def __init__(self, sessions: sessionmaker[Session], ttl_s: float = 1.0) -> None:
         self.sessions = sessions
         self.ttl_s = ttl_s
         self._items: dict[str, tuple[Principal, float]] = {}
@@ -211,6 +212,10 @@ def can_see(principal: Principal, owner: str) -> bool:
     return principal.admin or owner == principal.owner
 
 
-def visible(query, table, principal: Principal):
+Columns = TypeVarTuple("Columns")
+
+
+def visible(query: Select[*Columns], table: type[Dataset] | type[Job] | type[Model],
+            principal: Principal) -> Select[*Columns]:
     """Restrict a SELECT on an owned table to the rows the caller may see."""
     return query if principal.admin else query.where(table.owner == principal.owner)

@@ -8,13 +8,13 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.schemas import JobCreate, JobRead, Progress
+from service.schemas import JobCreate, JobRead, ModelSpec, Progress
 from service.server import queue
 from service.server.auth import Principal, can_see, visible
 from service.server.config import Settings
 from service.server.devices import waiting_reason
 from service.server.errors import InvalidInput, NotFound, TooManyRequests
-from service.server.spec import SPEC_VERSION, StoredSpec, read_spec
+from service.server.spec import SPEC_VERSION, StoredSpec, read_spec, required
 from service.server.spec import resolve as resolve_spec
 from service.server.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training.ingest import infer_task
@@ -107,7 +107,8 @@ def check_spec(spec: StoredSpec, dataset: Dataset) -> None:
     training = spec.training
     if training.class_weights is not None and task != "classification":
         raise _invalid("training.class_weights", "class weights apply to classification only")
-    if training.validation_fraction + training.test_fraction > 0.8:
+    validation_fraction = required(training.validation_fraction, "training.validation_fraction")
+    if validation_fraction + required(training.test_fraction, "training.test_fraction") > 0.8:
         raise _invalid("training.test_fraction", "validation_fraction + test_fraction must leave at least 20% of "
                        "the rows for training")
     metric = training.early_stopping_metric
@@ -123,17 +124,18 @@ def check_spec(spec: StoredSpec, dataset: Dataset) -> None:
 
 def _check_ensemble(spec: StoredSpec, *, n_rows: int) -> None:
     model, training = spec.model, spec.training
+    members, folds = required(model.members, "model.members"), required(model.folds, "model.folds")
     if model.batch_norm:
         raise _invalid("model.batch_norm", "the ensemble's members have no batch norm; leave batch_norm out or "
                        "use model type 'mlp'")
     if training.optimizer != "adamw":
         raise _invalid("training.optimizer", "the ensemble trains every member with AdamW at its own learning rate; "
                        "leave optimizer out (or 'adamw'), or use model type 'mlp'")
-    if model.folds > n_rows:
-        raise _invalid("model.folds", f"{model.folds} folds for {n_rows} rows; each fold needs at least one row to "
+    if folds > n_rows:
+        raise _invalid("model.folds", f"{folds} folds for {n_rows} rows; each fold needs at least one row to "
                        f"hold out: use at most {n_rows} folds")
-    if model.members % model.folds:
-        raise _invalid("model.members", f"members ({model.members}) must be a multiple of folds ({model.folds}): "
+    if members % folds:
+        raise _invalid("model.members", f"members ({members}) must be a multiple of folds ({folds}): "
                        "each hyperparameter setting is trained once per fold")
     if training.lr_schedule is not None:
         raise _invalid("training.lr_schedule", "the ensemble's members keep their own constant learning rates; "
@@ -141,21 +143,22 @@ def _check_ensemble(spec: StoredSpec, *, n_rows: int) -> None:
     if training.early_stopping_metric != "val_loss":
         raise _invalid("training.early_stopping_metric", "each ensemble member stops on its own held-out loss; "
                        "leave early_stopping_metric out (val_loss)")
-    for name in ("learning_rate_range", "weight_decay_range"):
-        lo, hi = getattr(training, name)
+    learning_rate_range = required(training.learning_rate_range, "training.learning_rate_range")
+    weight_decay_range = required(training.weight_decay_range, "training.weight_decay_range")
+    for name, (lo, hi) in (("learning_rate_range", learning_rate_range), ("weight_decay_range", weight_decay_range)):
         if lo > hi:
             raise _invalid(f"training.{name}", f"{name} is [low, high]; got [{lo}, {hi}]")
-    lo, hi = model.dropout_range
+    lo, hi = required(model.dropout_range, "model.dropout_range")
     if not lo <= hi < 1:
         raise _invalid("model.dropout_range", f"dropout_range is [low, high] with high below 1; got [{lo}, {hi}]")
-    if training.learning_rate_range[0] <= 0:
+    if learning_rate_range[0] <= 0:
         raise _invalid("training.learning_rate_range", "learning rates must be above 0")
-    if model.folds > 1 and training.validation_fraction > 0:
+    if folds > 1 and required(training.validation_fraction, "training.validation_fraction") > 0:
         raise _invalid("training.validation_fraction", "a cross-fitted ensemble validates every member on its own "
                        "fold; leave validation_fraction out, or set model.folds to 1 to use a shared split")
 
 
-def _width(column: dict[str, Any], model: Any) -> int:
+def _width(column: dict[str, Any], model: ModelSpec) -> int:
     """Network inputs one column becomes (at most): one-hot for categories, every element of an array column;
     for the ensemble, a numeric column's bins and missing-value input too."""
     if column["kind"] == "categorical":
@@ -163,7 +166,7 @@ def _width(column: dict[str, Any], model: Any) -> int:
     if column["kind"] == "tensor":
         return math.prod(column.get("shape") or [1])
     if model.type == "ensemble" and column["kind"] == "numeric":
-        return 1 + (model.bins or 0) + (column.get("n_missing", 0) > 0)
+        return 1 + (model.bins or 0) + bool(column.get("n_missing", 0) > 0)
     return 1
 
 
@@ -183,18 +186,20 @@ def check_limits(spec: StoredSpec, settings: Settings) -> None:
     """The operator's ceilings (settings), tighter than the schema's absolute bounds."""
     model, training = spec.model, spec.training
     if model.type in ("mlp", "autoencoder", "ensemble"):
-        if len(model.hidden_layers) > settings.max_layers:
-            raise _invalid("model.hidden_layers", f"{len(model.hidden_layers)} hidden layers; this server accepts "
+        hidden_layers = required(model.hidden_layers, "model.hidden_layers")
+        if len(hidden_layers) > settings.max_layers:
+            raise _invalid("model.hidden_layers", f"{len(hidden_layers)} hidden layers; this server accepts "
                            f"at most {settings.max_layers}")
-        for i, width in enumerate(model.hidden_layers):
+        for i, width in enumerate(hidden_layers):
             if width > settings.max_layer_width:
                 raise _invalid(f"model.hidden_layers.{i}", f"a layer of {width} units; this server accepts at most "
                                f"{settings.max_layer_width} per layer")
-    if training.epochs > settings.max_epochs:
-        raise _invalid("training.epochs", f"{training.epochs} epochs; this server accepts at most "
-                       f"{settings.max_epochs}")
-    if training.batch_size > settings.max_batch_size:
-        raise _invalid("training.batch_size", f"batch size {training.batch_size}; this server accepts at most "
+    epochs = required(training.epochs, "training.epochs")
+    if epochs > settings.max_epochs:
+        raise _invalid("training.epochs", f"{epochs} epochs; this server accepts at most {settings.max_epochs}")
+    batch_size = required(training.batch_size, "training.batch_size")
+    if batch_size > settings.max_batch_size:
+        raise _invalid("training.batch_size", f"batch size {batch_size}; this server accepts at most "
                        f"{settings.max_batch_size}")
     if spec.max_runtime_s is not None and spec.max_runtime_s > settings.max_runtime_s:
         raise _invalid("max_runtime_s", f"max_runtime_s {spec.max_runtime_s}; this server accepts at most "
@@ -221,7 +226,7 @@ def submit(*, session: Session, spec: JobCreate, principal: Principal, settings:
                        f"{settings.max_parameters:,}: use fewer or narrower layers"
                        + (" or fewer members" if stored.model.type == "ensemble" else ""))
     active = session.scalar(select(func.count()).select_from(Job).where(
-        Job.owner == principal.owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])))
+        Job.owner == principal.owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))) or 0
     if active >= settings.max_active_jobs:
         raise TooManyRequests(f"{principal.owner} already has {active} queued or running jobs, the most this "
                               "server accepts; wait for some to finish or cancel them")

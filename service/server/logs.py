@@ -5,6 +5,7 @@ import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TextIO
 
 request_id_var: ContextVar[str | None] = ContextVar("mlps_request_id", default=None)
 job_id_var: ContextVar[str | None] = ContextVar("mlps_job_id", default=None)
@@ -38,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def configure(fmt: str = "text", stream=None) -> logging.Handler:
+def configure(fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
     """Send INFO and above to `stream` (stderr) as text or JSON lines; returns the handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))

@@ -7,9 +7,9 @@ token). "0 rows updated" means someone else moved the job first: that is a confl
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy import CursorResult, Executable, and_, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from service.server.db import utcnow
@@ -76,14 +76,19 @@ def claim_next_job(*, session: Session, worker_id: str, device_requests: list[st
                  max_runtime_s=(row[3] or {}).get("max_runtime_s"))
 
 
+def _rowcount(session: Session, statement: Executable) -> int:
+    """Rows an UPDATE or DELETE changed."""
+    # Such a statement runs through a cursor; Session.execute is annotated with the plain Result, which has no
+    # rowcount.
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
 def _guarded(session: Session, job_id: str, token: str, **values: Any) -> None:
     """Update a running job this lease holds, or raise LeaseLost."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_token == token)
-        .values(updated_at=utcnow(), **values)
-    )
-    if result.rowcount != 1:
+    updated = _rowcount(session, update(Job)
+                        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_token == token)
+                        .values(updated_at=utcnow(), **values))
+    if updated != 1:
         raise LeaseLost(job_id)
 
 
@@ -128,7 +133,10 @@ def _terminal(status: JobStatus, **values: Any) -> dict[str, Any]:
 def succeed(*, session: Session, job_id: str, token: str, model: Model, result: dict[str, Any]) -> None:
     """running → succeeded, storing the model row (owned by the job's owner) in the same transaction."""
     _guarded(session, job_id, token, **_terminal(JobStatus.SUCCEEDED, model_id=model.id, result=result))
-    model.owner = session.scalar(select(Job.owner).where(Job.id == job_id))
+    owner = session.scalar(select(Job.owner).where(Job.id == job_id))
+    if owner is None:
+        raise LeaseLost(job_id)
+    model.owner = owner
     session.add(model)
     session.flush()
 
@@ -152,16 +160,12 @@ def release(*, session: Session, job_id: str, token: str) -> None:
 def request_cancel(*, session: Session, job: Job) -> Job:
     """queued → cancelled at once; running → flagged, cancelled by its worker once the process stops."""
     now = utcnow()
-    done = session.execute(
-        update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.CANCELLED, cancel_requested=True, error="cancelled by request",
-                finished_at=now, updated_at=now)
-    ).rowcount
+    done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+                     .values(status=JobStatus.CANCELLED, cancel_requested=True, error="cancelled by request",
+                             finished_at=now, updated_at=now))
     if not done:
-        done = session.execute(
-            update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
-            .values(cancel_requested=True, updated_at=now)
-        ).rowcount
+        done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+                         .values(cancel_requested=True, updated_at=now))
     session.flush()
     session.refresh(job)
     if not done:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from torch import nn
 
 from service.server.errors import InvalidInput
 from service.server.predict import ModelCache
@@ -48,13 +49,14 @@ def _arrow_type(kind: str) -> pa.DataType:
 class Scorer:
     """A table model's inference over batches: input columns in, input columns plus predictions out."""
 
-    net: Any
+    net: nn.Module
     meta: ModelMeta
 
     @property
     def features(self) -> list[dict[str, Any]]:
         """The model's fitted input columns (name, kind, ...)."""
-        return self.meta.preprocessing["features"]
+        features: list[dict[str, Any]] = self.meta.preprocessing["features"]
+        return features
 
     def score(self, batch: pa.RecordBatch) -> pa.Table:
         """The batch's columns (less any clashing with the outputs) followed by the prediction columns."""
@@ -68,11 +70,13 @@ class Scorer:
             if raw.probabilities is not None:
                 for j, label in enumerate(target["labels"]):
                     added[f"p_{label}"] = pa.array(raw.probabilities[:, j])
-        elif raw.values.shape[1] > 1:
-            for j, name in enumerate(target["names"]):
-                added[f"{PREDICTION}_{name}"] = pa.array(raw.values[:, j])
         else:
-            added[PREDICTION] = pa.array(raw.values[:, 0])
+            assert raw.values is not None  # an answer without classes has values
+            if raw.values.shape[1] > 1:
+                for j, name in enumerate(target["names"]):
+                    added[f"{PREDICTION}_{name}"] = pa.array(raw.values[:, j])
+            else:
+                added[PREDICTION] = pa.array(raw.values[:, 0])
         keep = [name for name in table.column_names if name not in added]
         return pa.Table.from_arrays([*(table.column(n) for n in keep), *added.values()], names=[*keep, *added])
 
@@ -92,7 +96,11 @@ class BatchReader:
                               "POST /predict")
         self.format = fmt
         self.delimiter = delimiter
-        self.names = self._open_parquet() if fmt == "parquet" else self._open_csv(delimiter)
+        if fmt == "parquet":
+            self.names = self._open_parquet()
+        else:
+            assert delimiter is not None  # sniff_format names one for every text format
+            self.names = self._open_csv(delimiter)
         missing = [name for name in self.kinds if name not in self.names]
         if missing:
             listed = ", ".join(f"'{m}'" for m in missing)
@@ -105,8 +113,8 @@ class BatchReader:
         # Features get the model's types; every other column passes through as text, so that its type cannot
         # change from one batch to the next.
         try:
-            names = pacsv.read_csv(io.BytesIO(self._first_line()),
-                                   parse_options=pacsv.ParseOptions(delimiter=delimiter)).column_names
+            names: list[str] = pacsv.read_csv(io.BytesIO(self._first_line()),
+                                              parse_options=pacsv.ParseOptions(delimiter=delimiter)).column_names
         except pa.ArrowInvalid as exc:
             raise _file_error(f"the header row could not be parsed: {exc}") from None
         except UnicodeDecodeError as exc:

@@ -6,13 +6,13 @@ resolved values, so a job's spec says exactly what trained it. Specs stored by e
 """
 
 import math
-from typing import Any, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from service.schemas import JobCreate, ModelSpec, TrainingSpec
 
-SPEC_VERSION = 2
+SPEC_VERSION: Final = 2
 
 # Rows from which the ensemble stops cross-fitting and validates every member on one shared split.
 CROSS_FIT_MAX_ROWS = 20_000
@@ -51,6 +51,17 @@ class StoredSpec(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+T = TypeVar("T")
+
+
+def required(value: T | None, name: str) -> T:
+    """A field of a resolved spec that resolution fills in for its model type (ModelSpec and TrainingSpec type
+    every field optional, as a submitted spec may leave it out)."""
+    if value is None:
+        raise ValueError(f"the resolved job spec has no {name}")
+    return value
 
 
 def ensemble_shape(n_rows: int) -> tuple[int, int]:

@@ -58,7 +58,8 @@ class ModelMeta(BaseModel):
 
     @property
     def model_type(self) -> str:
-        return self.model.type
+        model_type: str = self.model.type
+        return model_type
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -96,6 +97,8 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, ModelMeta]
     meta = load_meta(folder)
     model = meta.model
     if model.type == "ensemble":
+        if meta.ensemble is None:
+            raise ValueError(f"{folder / META} describes an ensemble without its kept members")
         model.members = int(meta.ensemble["members"])  # the kept members, after selection
     net = build_for(model, meta.n_inputs, meta.n_outputs)
     net.load_state_dict(load_file(folder / WEIGHTS, device=device))

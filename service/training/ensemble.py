@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch.nn import functional as F
 
 from service.training import metrics as M
@@ -67,7 +68,7 @@ class Member:
     dropout: float
 
 
-def _stratified(rng: np.random.Generator, n: int, lo: float, hi: float, log: bool) -> np.ndarray:
+def _stratified(rng: np.random.Generator, n: int, lo: float, hi: float, log: bool) -> NDArray[np.float64]:
     """One draw from each of n equal strata of [lo, hi] (of its logarithm when `log`), in random order: the
     configs cover the range evenly whatever the seed, so that seeds differ in detail, not in luck."""
     u = (rng.permutation(n) + rng.random(n)) / n
@@ -91,7 +92,7 @@ def member_plan(cfg: EnsembleConfig) -> list[Member]:
                    dropout=float(drops[m // cfg.folds])) for m in range(cfg.members)]
 
 
-def assign_folds(n: int, folds: int, seed: int, strata: np.ndarray | None = None) -> np.ndarray:
+def assign_folds(n: int, folds: int, seed: int, strata: NDArray[Any] | None = None) -> NDArray[np.int64]:
     """Fold of each row, seeded; classes spread evenly over the folds when `strata` is given."""
     rng = np.random.default_rng([seed, 1])
     fold = np.empty(n, dtype=np.int64)
@@ -126,7 +127,10 @@ class MemberAdamW:
 
     def clip_(self, max_norm: float) -> None:
         """Scale each member's gradient so that its own norm is at most max_norm."""
-        sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in self.params if p.grad is not None)
+        squares = [p.grad.pow(2).flatten(1).sum(1) for p in self.params if p.grad is not None]
+        if not squares:
+            return
+        sq = sum(squares[1:], start=squares[0])
         scale = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         for p in self.params:
             if p.grad is not None:
@@ -139,7 +143,7 @@ class MemberAdamW:
         bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
         params = [self.params[i] for i in live]
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in params if p.grad is not None]
         ms, vs = [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live]
         # Multi-tensor kernels for everything the members share; the per-member factors broadcast over the
         # member dimension in one fused op per parameter.
@@ -408,7 +412,7 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
             denom = mask.sum(1)
             per_member = (row_losses(out, pool.Y[idx], data.task, n_classes) * mask).sum(1) / denom.clamp_min(1e-12)
             optimizer.zero_grad()
-            per_member.sum().backward()
+            torch.autograd.backward(per_member.sum())  # = .backward(), which torch leaves unannotated
             if cfg.gradient_clip_norm:
                 optimizer.clip_(cfg.gradient_clip_norm)
             optimizer.step()

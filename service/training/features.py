@@ -7,22 +7,27 @@ Pure pyarrow + numpy: no database, no HTTP. Parsing uploads is in `ingest`.
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 
 from service.training.ingest import DataError, quote_value
+
+# Per-class loss weights as a job spec gives them: 'balanced', {label: weight}, or none.
+ClassWeights = Literal["balanced"] | dict[str, float] | None
 
 
 def load_columns(path: Path, names: list[str]) -> pa.Table:
     return pq.read_table(path, columns=names)
 
 
-def _numeric(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    values = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+def _numeric(arr: pa.ChunkedArray | pa.Array) -> NDArray[np.float64]:
+    floats = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    values: NDArray[np.float64] = floats.astype(np.float64, copy=True)
     values[~np.isfinite(values)] = np.nan
     return values
 
@@ -41,7 +46,7 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
                       encoding: Encoding = Encoding()) -> dict[str, Any]:
     """Imputation, standardisation and one-hot categories (and what `encoding` adds), fitted on these (training)
     rows only."""
-    out = []
+    out: list[dict[str, Any]] = []
     for name in features:
         col = table.column(name)
         if kinds[name] == "categorical":
@@ -64,8 +69,8 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
             median = float(np.median(finite))
             filled = np.where(np.isnan(values), median, values)
             std = float(filled.std())
-            item = {"name": name, "kind": kinds[name], "fill": median, "mean": float(filled.mean()),
-                    "scale": std if std > 1e-12 else 1.0}
+            item: dict[str, Any] = {"name": name, "kind": kinds[name], "fill": median,
+                                    "mean": float(filled.mean()), "scale": std if std > 1e-12 else 1.0}
             if encoding.missing_indicators and finite.size < values.size:
                 item["missing_indicator"] = True
             if encoding.bins and kinds[name] == "numeric":
@@ -85,7 +90,7 @@ def _input_width(f: dict[str, Any]) -> int:
     return 1 + bool(f.get("missing_indicator")) + max(len(f.get("bins", [])) - 1, 0)
 
 
-def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
+def transform(table: pa.Table, params: dict[str, Any]) -> NDArray[np.float32]:
     """Apply fitted preprocessing: a float32 matrix, one column per number, one per category."""
     n = table.num_rows
     X = np.zeros((n, params["n_inputs"]), dtype=np.float32)
@@ -118,7 +123,7 @@ def transform(table: pa.Table, params: dict[str, Any]) -> np.ndarray:
     return X
 
 
-def _nulls_to_minus_one(idx: np.ndarray) -> np.ndarray:
+def _nulls_to_minus_one(idx: NDArray[Any]) -> NDArray[np.integer]:
     """index_in's nulls arrive as NaN (float) or None (object): map them to -1."""
     if idx.dtype == object:
         return np.array([-1 if v is None else v for v in idx], dtype=np.int64)
@@ -154,13 +159,14 @@ def fit_regression_targets(table: pa.Table, names: list[str]) -> dict[str, Any]:
     return {"task": "regression", "names": names, "mean": means, "scale": scales}
 
 
-def encode_regression(table: pa.Table, target: dict[str, Any]) -> np.ndarray:
+def encode_regression(table: pa.Table, target: dict[str, Any]) -> NDArray[np.float64]:
     """[n, k] standardised targets, NaN where missing."""
     cols = [_numeric(table.column(n)) for n in target["names"]]
-    return (np.stack(cols, axis=1) - np.asarray(target["mean"])) / np.asarray(target["scale"])
+    mean, scale = np.asarray(target["mean"], dtype=np.float64), np.asarray(target["scale"], dtype=np.float64)
+    return (np.stack(cols, axis=1) - mean) / scale
 
 
-def _integral(values):
+def _integral(values: pa.ChunkedArray) -> pa.ChunkedArray:
     try:
         return pc.cast(values, pa.int64())
     except pa.ArrowInvalid:
@@ -168,25 +174,26 @@ def _integral(values):
                         "use task 'regression'") from None
 
 
-def encode_target(col: pa.ChunkedArray, target: dict[str, Any]) -> np.ndarray:
+def encode_target(col: pa.ChunkedArray, target: dict[str, Any]) -> NDArray[np.integer]:
     """Class indices (int64), -1 where missing."""
     values = _integral(col) if pa.types.is_floating(col.type) else col
     idx = pc.index_in(values, value_set=pa.array(target["labels"], values.type)).to_numpy(zero_copy_only=False)
     return _nulls_to_minus_one(idx)
 
 
-def decode_regression(values: np.ndarray, target: dict[str, Any]) -> np.ndarray:
-    return values * np.asarray(target["scale"]) + np.asarray(target["mean"])
+def decode_regression(values: NDArray[np.float64], target: dict[str, Any]) -> NDArray[np.float64]:
+    return values * np.asarray(target["scale"], dtype=np.float64) + np.asarray(target["mean"], dtype=np.float64)
 
 
-def class_weights(y: np.ndarray, labels: list[Any], spec: str | dict[str, float] | None) -> list[float] | None:
+def class_weights(y: NDArray[np.integer], labels: list[Any], spec: ClassWeights) -> list[float] | None:
     """Per-class loss weights: None, 'balanced' (n / (k · count)), or {label: weight}."""
     if spec is None:
         return None
     k = len(labels)
     if spec == "balanced":
         counts = np.bincount(y, minlength=k).astype(np.float64)
-        return (len(y) / (k * np.maximum(counts, 1))).tolist()
+        balanced: list[float] = (len(y) / (k * np.maximum(counts, 1))).tolist()
+        return balanced
     by_name = {str(label): i for i, label in enumerate(labels)}
     unknown = [name for name in spec if name not in by_name]
     if unknown:
@@ -200,12 +207,12 @@ def class_weights(y: np.ndarray, labels: list[Any], spec: str | dict[str, float]
 
 @dataclass
 class Split:
-    train: np.ndarray
-    validation: np.ndarray
+    train: NDArray[np.intp]
+    validation: NDArray[np.intp]
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def split_rows(n: int, fraction: float, seed: int, strata: np.ndarray | None = None) -> Split:
+def split_rows(n: int, fraction: float, seed: int, strata: NDArray[Any] | None = None) -> Split:
     """Seeded train/validation split, stratified by class when `strata` is given."""
     rng = np.random.default_rng(seed)
     if fraction <= 0 or n < 2:
@@ -214,7 +221,8 @@ def split_rows(n: int, fraction: float, seed: int, strata: np.ndarray | None = N
         perm = rng.permutation(n)
         k = min(max(1, round(n * fraction)), n - 1)
         return Split(train=np.sort(perm[k:]), validation=np.sort(perm[:k]))
-    train, val = [], []
+    train: list[NDArray[np.intp]] = []
+    val: list[NDArray[np.intp]] = []
     for cls in np.unique(strata):
         rows = np.nonzero(strata == cls)[0]
         rows = rows[rng.permutation(rows.size)]
@@ -226,10 +234,10 @@ def split_rows(n: int, fraction: float, seed: int, strata: np.ndarray | None = N
 
 def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[str, Any]]) -> pa.Table:
     """Predict-time records → a table with the trained features' types; errors name record and column."""
-    arrays = {}
+    arrays: dict[str, pa.Array] = {}
     for f in feature_params:
         name, kind = f["name"], f["kind"]
-        values = []
+        values: list[str | float | None] = []
         for i, rec in enumerate(records):
             if name not in rec:
                 raise DataError(f"record {i}: column '{name}' is missing", column=name)

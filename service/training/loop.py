@@ -8,11 +8,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.optimizer import ParamsT
 
 from service.training import metrics as M
 from service.training.nets import NetSpec, build_network, output_width
@@ -53,10 +56,10 @@ class TrainData:
     [n] or [n, k]) or, for an autoencoder, nothing (the inputs are the targets)."""
 
     task: str
-    X_train: np.ndarray
-    y_train: np.ndarray | None
-    X_val: np.ndarray
-    y_val: np.ndarray | None
+    X_train: NDArray[np.float32]
+    y_train: NDArray[Any] | None
+    X_val: NDArray[np.float32]
+    y_val: NDArray[Any] | None
     n_classes: int = 0
     target_scale: list[float] | float = 1.0
     class_weights: list[float] | None = None
@@ -126,7 +129,7 @@ def _lower_is_better(metric: str) -> bool:
     return metric.endswith(("loss", "rmse", "mse", "mae"))
 
 
-def make_optimizer(config: TrainConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, params: ParamsT, device: torch.device | None = None) -> torch.optim.Optimizer:
     lr, wd = config.learning_rate, config.weight_decay
     # The fused Adam kernel updates every parameter in one pass instead of a dozen small ops per tensor:
     # about 2.5× cheaper steps on CPU, where small batches spend a third of their time in the optimizer.
@@ -146,7 +149,7 @@ def make_optimizer(config: TrainConfig, params, device: torch.device | None = No
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer):
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> LRScheduler | None:
     s = config.lr_schedule
     if not s or s.get("type", "none") == "none":
         return None
@@ -174,9 +177,11 @@ class Task:
                        if data.class_weights is not None else None)
         self.scale = torch.as_tensor(np.atleast_1d(data.target_scale), dtype=torch.float32, device=device)
 
-    def targets(self, X: torch.Tensor, y: np.ndarray | None) -> torch.Tensor:
+    def targets(self, X: torch.Tensor, y: NDArray[Any] | None) -> torch.Tensor:
         if self.data.task == "autoencoder":
             return X
+        if y is None:
+            raise ValueError(f"a {self.data.task} task needs targets")
         if self.data.task == "classification":
             return torch.as_tensor(y, dtype=torch.long, device=self.device)
         y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -210,10 +215,11 @@ def _lbfgs_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, task: "Task",
             first.extend([out.detach(), loss.detach()])
         if weight_decay:
             loss = loss + weight_decay / 2 * sum((w**2).sum() for w in weights)
-        loss.backward()
+        torch.autograd.backward(loss)  # = loss.backward(), which torch leaves unannotated
         return loss
 
-    optimizer.step(closure)
+    # LBFGS takes the loss tensor from its closure; Optimizer.step's annotation says float.
+    optimizer.step(cast(Callable[[], float], closure))
     return first[0], first[1]
 
 
@@ -255,7 +261,8 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
     result = TrainResult(net=net, history=list(history or []))
     monitor = config.early_stopping_metric if config.early_stopping_patience > 0 and len(Xv) else None
     sign = 1.0 if monitor is None or _lower_is_better(monitor) else -1.0
-    best_score, best_state = math.inf, None
+    best_score = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
     first_epoch = 1
     if resume is not None:
         net.load_state_dict(resume.net)
@@ -290,7 +297,7 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
             out = net(X[idx])
             loss = task.loss(out, Y[idx])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             if config.gradient_clip_norm:
                 nn.utils.clip_grad_norm_(net.parameters(), config.gradient_clip_norm)
             optimizer.step()
@@ -311,14 +318,15 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
             row = as_floats(figures)
         net.train()
         # the validation loss also catches weights that turned NaN in the epoch's last step
-        if row["train_loss"] is None or (len(Xv) and row["val_loss"] is None):
+        train_loss, val_loss = row["train_loss"], row.get("val_loss")
+        if train_loss is None or (len(Xv) and val_loss is None):
             raise TrainingError(
                 f"loss became NaN at epoch {epoch}: training diverged; lower the learning rate "
                 f"(now {config.learning_rate}) or check the data for extreme values"
             )
         row["lr"] = optimizer.param_groups[0]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(row.get("val_loss") if row.get("val_loss") is not None else row["train_loss"])
+            scheduler.step(val_loss if val_loss is not None else train_loss)
         elif scheduler is not None:
             scheduler.step()
         row["seconds"] = time.perf_counter() - started
@@ -327,14 +335,18 @@ def train(data: TrainData, net_spec: NetSpec, config: TrainConfig, device: str =
         if monitor is not None:
             if monitor not in row:
                 raise ValueError(f"early stopping metric {monitor!r} is not computed for this task")
-            score = sign * row[monitor] if row[monitor] is not None else math.inf
+            value = row[monitor]
+            score = sign * value if value is not None else math.inf
             if score < best_score:
                 best_score, result.best_epoch = score, epoch
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            elif epoch - result.best_epoch >= config.early_stopping_patience:
-                result.stopped_at = stop = epoch
+            # No epoch kept yet (the metric was NaN in every epoch so far): patience counts from the start.
+            elif epoch - (result.best_epoch or 0) >= config.early_stopping_patience:
+                result.stopped_at = epoch
+                stop = True
 
-        def snapshot(epoch: int = epoch, best_score: float = best_score, best_state=best_state,
+        def snapshot(epoch: int = epoch, best_score: float = best_score,
+                     best_state: dict[str, torch.Tensor] | None = best_state,
                      best_epoch: int | None = result.best_epoch) -> TrainState:
             return TrainState(epoch=epoch, net=net.state_dict(), optimizer=optimizer.state_dict(),
                               scheduler=scheduler.state_dict() if scheduler is not None else None,

@@ -33,12 +33,15 @@ class NetSpec:
 
 def _init_linear(layer: nn.Linear, activation: str | None) -> None:
     """He initialisation for the ReLU family, Glorot for saturating units."""
-    if activation in ("relu", "leaky_relu", "gelu"):
-        nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
-        nn.init.kaiming_uniform_(layer.weight, nonlinearity=nonlinearity)
-    else:
-        gain = nn.init.calculate_gain(activation) if activation in ("tanh", "sigmoid") else 1.0
-        nn.init.xavier_uniform_(layer.weight, gain=gain)
+    match activation:
+        case "relu" | "gelu":
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+        case "leaky_relu":
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="leaky_relu")
+        case "tanh" | "sigmoid":
+            nn.init.xavier_uniform_(layer.weight, gain=nn.init.calculate_gain(activation))
+        case _:
+            nn.init.xavier_uniform_(layer.weight, gain=1.0)
     nn.init.zeros_(layer.bias)
 
 
@@ -148,13 +151,18 @@ class EnsembleNet(nn.Module):
     average (set by member selection; uniform before).
     """
 
+    # Buffers (registered in __init__, replaced by keep()), declared here so that their type is known.
+    dropout: torch.Tensor
+    member_weights: torch.Tensor
+
     def __init__(self, n_inputs: int, n_outputs: int, members: int, hidden_layers: tuple[int, ...],
                  activation: str = "relu", linear_skip: bool = True) -> None:
         super().__init__()
         sizes = [n_inputs, *hidden_layers, n_outputs]
-        self.layers = nn.ModuleList(BatchedLinear(members, a, b) for a, b in zip(sizes, sizes[1:], strict=False))
-        for i, layer in enumerate(self.layers):
-            layer.init_like(None if i == len(self.layers) - 1 else activation)
+        layers = [BatchedLinear(members, a, b) for a, b in zip(sizes, sizes[1:], strict=False)]
+        self.layers = nn.ModuleList(layers)
+        for i, layer in enumerate(layers):
+            layer.init_like(None if i == len(layers) - 1 else activation)
         self.skip = BatchedLinear(members, n_inputs, n_outputs) if linear_skip else None
         if self.skip is not None:
             self.skip.init_like(None, zero=True)  # starts as the plain MLP; grows where the data is linear

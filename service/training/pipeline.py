@@ -1,11 +1,13 @@
 """From a table (or arrays) and a spec to arrays ready for training, and from inputs back to predictions."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import torch
+from numpy.typing import NDArray
 from torch import nn
 
 from service.training import ingest
@@ -14,6 +16,7 @@ from service.training.artifact import ModelMeta
 from service.training.ensemble import ensemble_outputs
 from service.training.ensemble import spread as ensemble_spread
 from service.training.features import (
+    ClassWeights,
     Encoding,
     decode_regression,
     encode_regression,
@@ -35,8 +38,8 @@ class Prepared:
     preprocessing: dict[str, Any]
     target: dict[str, Any]
     info: dict[str, Any]
-    X_test: np.ndarray
-    y_test: np.ndarray | None
+    X_test: NDArray[np.float32]
+    y_test: NDArray[Any] | None
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class SplitSpec:
     seed: int = 0
 
 
-def _three_way(n: int, split: SplitSpec, strata: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _three_way(n: int, split: SplitSpec,
+               strata: NDArray[Any] | None) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
     """(train, validation, test) row indices: test first, then validation from the rest, both seeded."""
     rows = np.arange(n)
     test = np.arange(0)
@@ -60,35 +64,41 @@ def _three_way(n: int, split: SplitSpec, strata: np.ndarray | None) -> tuple[np.
     return rows[s.train], rows[s.validation], test
 
 
-def _fit_targets(table: pa.Table | None, targets: list[str], task: str):
+def _fit_targets(table: pa.Table | None, targets: list[str],
+                 task: str) -> tuple[dict[str, Any], NDArray[Any] | None, NDArray[np.bool_] | None]:
     """(target parameters, encoded targets or None, rows that have a target)."""
+    if task not in ("classification", "regression"):
+        return {"task": task}, None, None
+    if table is None:
+        raise ingest.DataError(f"the data have no target '{targets[0]}' for a {task} task", column=targets[0])
     if task == "classification":
         params = fit_target(table.column(targets[0]), task)
-        y_all = encode_target(table.column(targets[0]), params)
+        classes = encode_target(table.column(targets[0]), params)
         if len(params["labels"]) < 2:
             only = params["labels"][0] if params["labels"] else None
             raise ingest.DataError(f"target '{targets[0]}' has only one class ({only!r}); classification needs at "
                               "least two", column=targets[0])
-        return params, y_all, y_all >= 0
-    if task == "regression":
-        params = fit_regression_targets(table, targets)
-        y_all = encode_regression(table, params)
-        return params, y_all, ~np.isnan(y_all).any(axis=1)
-    return {"task": task}, None, None
+        return params, classes, classes >= 0
+    params = fit_regression_targets(table, targets)
+    values = encode_regression(table, params)
+    # any(axis=1) of a matrix is a vector; numpy's annotation allows a scalar too
+    return params, values, ~cast(NDArray[np.bool_], np.isnan(values).any(axis=1))
 
 
-def _assemble(task: str, params: dict[str, Any], y_all: np.ndarray | None, X_of, split: SplitSpec,
-              class_weights: str | dict[str, float] | None, n_rows: int):
+def _assemble(task: str, params: dict[str, Any], y_all: NDArray[Any] | None,
+              X_of: Callable[[NDArray[np.intp]], NDArray[np.float32]], split: SplitSpec,
+              class_weights: ClassWeights,
+              n_rows: int) -> tuple[TrainData, NDArray[np.float32], NDArray[Any] | None, dict[str, int]]:
     """Split rows, then build TrainData and the held-out test arrays; X_of(rows) gives the inputs."""
     train, val, test = _three_way(n_rows, split, y_all if task == "classification" else None)
 
-    def y(rows):
+    def y(rows: NDArray[np.intp]) -> NDArray[Any] | None:
         if y_all is None:
             return None
         return y_all[rows].astype(np.int64 if task == "classification" else np.float32)
 
-    weights = (balanced_weights(y_all[train], params["labels"], class_weights) if task == "classification"
-               else None)
+    weights = (balanced_weights(y_all[train], params["labels"], class_weights)
+               if task == "classification" and y_all is not None else None)
     data = TrainData(task=task, X_train=X_of(train), y_train=y(train), X_val=X_of(val), y_val=y(val),
                      n_classes=len(params.get("labels", [])), target_scale=params.get("scale", 1.0),
                      class_weights=weights)
@@ -97,12 +107,12 @@ def _assemble(task: str, params: dict[str, Any], y_all: np.ndarray | None, X_of,
 
 
 def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
-            split: SplitSpec, class_weights: str | dict[str, float] | None = None,
+            split: SplitSpec, class_weights: ClassWeights = None,
             encoding: Encoding = Encoding()) -> Prepared:
     """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
     params, y_all, keep = _fit_targets(table, targets, task)
     n_dropped = 0
-    if keep is not None:
+    if keep is not None and y_all is not None:
         n_dropped = int((~keep).sum())
         if n_dropped == len(keep):
             raise ingest.DataError(f"target '{targets[0]}' has no values", column=targets[0])
@@ -110,7 +120,7 @@ def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: 
             table, y_all = table.filter(pa.array(keep)), y_all[keep]
     fitted: dict[str, Any] = {}
 
-    def X_of(rows):
+    def X_of(rows: NDArray[np.intp]) -> NDArray[np.float32]:
         # The first call is with the training rows: preprocessing is fitted on them alone.
         part = table.take(pa.array(rows))
         if not fitted:
@@ -125,8 +135,8 @@ def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: 
     return Prepared(data=data, preprocessing=fitted, target=params, info=info, X_test=X_test, y_test=y_test)
 
 
-def prepare_arrays(arrays: dict[str, np.ndarray], *, task: str, split: SplitSpec,
-                   class_weights: str | dict[str, float] | None = None) -> Prepared:
+def prepare_arrays(arrays: dict[str, NDArray[Any]], *, task: str, split: SplitSpec,
+                   class_weights: ClassWeights = None) -> Prepared:
     """Image-like arrays: X [N, C, H, W] flattened to N × (C·H·W) like features.view(-1, C*H*W); uint8 → [0, 1]."""
     X_raw = arrays["X"]
     shape = list(X_raw.shape[1:])
@@ -171,9 +181,9 @@ def final_report(net: nn.Module, prepared: Prepared, device: str = "cpu",
             out["test"] = as_floats(task.metrics(outputs, yt))
         if data.task == "classification" and data.n_classes:
             pred = M.predicted_classes(outputs, data.n_classes)
-            cm = M.confusion_matrix(yt, pred, data.n_classes).cpu().tolist()
+            matrix = M.confusion_matrix(yt, pred, data.n_classes).cpu().tolist()
             out["confusion_matrix"] = {"split": "test" if has_test else "validation",
-                                       "labels": [str(v) for v in prepared.target["labels"]], "matrix": cm}
+                                       "labels": [str(v) for v in prepared.target["labels"]], "matrix": matrix}
     return out
 
 
@@ -184,11 +194,11 @@ def network_outputs(net: nn.Module, X: torch.Tensor, task: str, n_classes: int) 
     return forward_chunked(net, X)
 
 
-def inputs_from_table(table: pa.Table, meta: ModelMeta) -> np.ndarray:
+def inputs_from_table(table: pa.Table, meta: ModelMeta) -> NDArray[np.float32]:
     return transform(table, meta.preprocessing)
 
 
-def inputs_from_arrays(inputs: Any, meta: ModelMeta) -> np.ndarray:
+def inputs_from_arrays(inputs: Any, meta: ModelMeta) -> NDArray[np.float32]:
     """Nested arrays shaped like the uploaded X (one per record) → the network's flattened inputs."""
     pre = meta.preprocessing
     try:
@@ -201,7 +211,8 @@ def inputs_from_arrays(inputs: Any, meta: ModelMeta) -> np.ndarray:
                           f"received {list(arr.shape)}")
     if not np.isfinite(arr).all():
         raise ingest.DataError("inputs hold NaN or infinite values")
-    return (arr.reshape(len(arr), -1) * pre["scale"]).astype(np.float32)
+    scale: float = pre["scale"]
+    return (arr.reshape(len(arr), -1) * scale).astype(np.float32)
 
 
 @dataclass
@@ -210,13 +221,13 @@ class RawPrediction:
     perceptron), or values [n, targets] (regression; an autoencoder's reconstruction error as one column); and,
     when asked of an ensemble, how much its members disagree (per-row arrays)."""
 
-    classes: np.ndarray | None = None
-    probabilities: np.ndarray | None = None
-    values: np.ndarray | None = None
-    spread: dict[str, np.ndarray] | None = None
+    classes: NDArray[np.integer] | None = None
+    probabilities: NDArray[np.float64] | None = None
+    values: NDArray[np.float64] | None = None
+    spread: dict[str, NDArray[np.float64]] | None = None
 
 
-def predict_arrays(net: nn.Module, meta: ModelMeta, X: np.ndarray, device: str = "cpu",
+def predict_arrays(net: nn.Module, meta: ModelMeta, X: NDArray[np.float32], device: str = "cpu",
                    uncertainty: bool = False) -> RawPrediction:
     """The network's answers for preprocessed inputs, as arrays (batch scoring writes them as columns)."""
     target = meta.target
@@ -255,7 +266,7 @@ def _uncertainty(raw: RawPrediction, target: dict[str, Any]) -> list[dict[str, A
     return [{"std": dict(zip(target["names"], row, strict=True))} for row in std.tolist()]
 
 
-def predict_inputs(net: nn.Module, meta: ModelMeta, X: np.ndarray, device: str = "cpu",
+def predict_inputs(net: nn.Module, meta: ModelMeta, X: NDArray[np.float32], device: str = "cpu",
                    uncertainty: bool = False) -> dict[str, Any]:
     """Predictions in the user's label space (and class probabilities) for preprocessed inputs, as JSON values."""
     target = meta.target
@@ -270,14 +281,16 @@ def predict_inputs(net: nn.Module, meta: ModelMeta, X: np.ndarray, device: str =
         names = [str(label) for label in target["labels"]]
         return {"predictions": predictions,
                 "probabilities": [dict(zip(names, row, strict=True)) for row in raw.probabilities.tolist()], **extra}
+    assert raw.values is not None  # an answer without classes has values
     if raw.values.shape[1] == 1:
         return {"predictions": raw.values[:, 0].tolist(), "probabilities": None, **extra}
     return {"predictions": [dict(zip(target["names"], row, strict=True)) for row in raw.values.tolist()],
             "probabilities": None, **extra}
 
 
-def embed_inputs(net: nn.Sequential, X: np.ndarray, device: str = "cpu") -> list[list[float]]:
+def embed_inputs(net: nn.Sequential, X: NDArray[np.float32], device: str = "cpu") -> list[list[float]]:
     """Bottleneck codes of an autoencoder."""
     with torch.inference_mode():
         codes = forward_chunked(net[0], torch.as_tensor(X, device=device))
-    return codes.cpu().numpy().astype(np.float64).tolist()
+    embeddings: list[list[float]] = codes.cpu().numpy().astype(np.float64).tolist()
+    return embeddings

@@ -6,18 +6,8 @@ import sys
 
 import pytest
 
-from tests.conftest import dataset_path
-from tests.e2e.conftest import free_port, running
-from tests.helpers import wait_for
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def upload(client, name: str) -> dict:
-    with dataset_path(name).open("rb") as fh:
-        resp = client.post("/datasets", files={"file": (name, fh, "text/csv")})
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+from tests.helpers import ROOT, TERMINAL, dataset_path, problem, upload, wait_for_job
+from tests.live import free_port, running
 
 
 def submit(client, spec: dict) -> dict:
@@ -26,24 +16,14 @@ def submit(client, spec: dict) -> dict:
     return resp.json()
 
 
-def finished(client, job_id: str, timeout: float = 300) -> dict:
-    def done():
-        job = client.get(f"/jobs/{job_id}").json()
-        return job if job["status"] in TERMINAL else None
-
-    return wait_for(done, timeout=timeout, interval=0.1, what=f"job {job_id} to finish")
-
-
 def test_iris_classifier_predicts_species_names(server):
-    ds = upload(server, "iris.csv")
+    ds = upload(server, "iris.csv").json()
     job = submit(server, {"dataset_id": ds["id"], "target": "species"})
-    seen = {job["status"]}
-    running_job = wait_for(lambda: (j := server.get(f"/jobs/{job['id']}").json())["status"] != "queued" and j,
-                           what="the job to start")
-    seen.add(running_job["status"])
-    job = finished(server, job["id"])
+    assert job["status"] == "queued" and job["attempts"] == 0 and job["started_at"] is None
+    started = wait_for_job(server, job["id"], {"running", *TERMINAL})
+    assert started["attempts"] == 1 and started["started_at"] is not None  # a worker claimed it
+    job = wait_for_job(server, job["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
-    assert {"queued"} <= seen
     metrics = server.get(f"/jobs/{job['id']}/metrics").json()["epochs"]
     assert len(metrics) == job["result"]["epochs_run"] == job["progress"]["epoch"]
     model = server.get(f"/models/{job['model_id']}").json()
@@ -65,8 +45,8 @@ def test_iris_classifier_predicts_species_names(server):
 
 
 def test_breast_cancer_binary_classifier(server):
-    ds = upload(server, "breast_cancer.csv")
-    job = finished(server, submit(server, {"dataset_id": ds["id"], "target": "diagnosis"})["id"])
+    ds = upload(server, "breast_cancer.csv").json()
+    job = wait_for_job(server, submit(server, {"dataset_id": ds["id"], "target": "diagnosis"})["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
     assert job["task"] == "classification"
     model = server.get(f"/models/{job['model_id']}").json()
@@ -79,8 +59,8 @@ def test_breast_cancer_binary_classifier(server):
 
 
 def test_diabetes_regression_predicts_in_original_units(server):
-    ds = upload(server, "diabetes.csv")
-    job = finished(server, submit(server, {"dataset_id": ds["id"], "target": "progression"})["id"])
+    ds = upload(server, "diabetes.csv").json()
+    job = wait_for_job(server, submit(server, {"dataset_id": ds["id"], "target": "progression"})["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
     assert job["task"] == "regression"
     model = server.get(f"/models/{job['model_id']}").json()
@@ -95,10 +75,10 @@ def test_diabetes_regression_predicts_in_original_units(server):
 
 
 def test_same_job_twice_gives_identical_metrics(server):
-    ds = upload(server, "iris.csv")
+    ds = upload(server, "iris.csv").json()
     spec = {"dataset_id": ds["id"], "target": "species", "model": {"dropout": 0.2},
             "training": {"epochs": 20, "seed": 11}}
-    a, b = (finished(server, submit(server, spec)["id"]) for _ in range(2))
+    a, b = (wait_for_job(server, submit(server, spec)["id"], timeout=300) for _ in range(2))
     assert a["status"] == b["status"] == "succeeded"
 
     def curve(job):
@@ -109,9 +89,9 @@ def test_same_job_twice_gives_identical_metrics(server):
 
 
 def test_bad_input_leaves_the_service_and_earlier_data_intact(server):
-    ds = upload(server, "iris.csv")
-    job = finished(server, submit(server, {"dataset_id": ds["id"], "target": "species",
-                                           "training": {"epochs": 5}})["id"])
+    ds = upload(server, "iris.csv").json()
+    job = wait_for_job(server, submit(server, {"dataset_id": ds["id"], "target": "species",
+                                               "training": {"epochs": 5}})["id"])
     bad = [
         server.post("/datasets", files={"file": ("e.csv", b"")}),
         server.post("/datasets", files={"file": ("h.csv", b"a,b\n")}),
@@ -127,7 +107,8 @@ def test_bad_input_leaves_the_service_and_earlier_data_intact(server):
         server.post("/predict", json={"model_id": "mdl_1234567890abcdef", "records": [{"x": 1}]}),
     ]
     assert [r.status_code for r in bad] == [422] * 10 + [422, 404]
-    assert all(r.json()["detail"] for r in bad)
+    for resp in bad:
+        problem(resp, resp.status_code)
     assert server.get("/healthz").status_code == 200
     assert server.get(f"/datasets/{ds['id']}").json()["n_rows"] == 150
     assert server.get(f"/models/{job['model_id']}").status_code == 200
@@ -140,10 +121,10 @@ def test_two_workers_run_ten_jobs_exactly_once(tmp_path):
     with running(["api", "--port", str(port), "--data-dir", str(data_dir)],
                  ["worker", "--devices", "cpu", "--data-dir", str(data_dir)],
                  ["worker", "--devices", "cpu", "--data-dir", str(data_dir)], data_dir=data_dir, port=port) as c:
-        ds = upload(c, "iris.csv")
+        ds = upload(c, "iris.csv").json()
         ids = [submit(c, {"dataset_id": ds["id"], "target": "species", "training": {"epochs": 8, "seed": i}})["id"]
                for i in range(10)]
-        jobs = [finished(c, i) for i in ids]
+        jobs = [wait_for_job(c, i, timeout=300) for i in ids]
         assert [j["status"] for j in jobs] == ["succeeded"] * 10
         assert all(j["attempts"] == 1 for j in jobs)
         for j in jobs:
@@ -154,8 +135,6 @@ def test_two_workers_run_ten_jobs_exactly_once(tmp_path):
 
 
 def test_readme_walkthrough_script(server):
-    from tests.conftest import ROOT
-
     out = subprocess.run(["bash", str(ROOT / "examples" / "quickstart.sh"), str(dataset_path("iris.csv"))],
                          env={**os.environ, "MLPS_URL": str(server.base_url).rstrip("/"),
                               "MLPS_DATA_DIR": str(server.data_dir)},

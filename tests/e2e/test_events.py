@@ -9,11 +9,9 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.conftest import bearer, dataset_path, make_key
-from tests.e2e.conftest import free_port
-from tests.helpers import wait_for
+from tests.helpers import bearer, make_key, problem, upload, wait_for, wait_for_job
+from tests.live import free_port
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 LONG_TRAINING = {"epochs": 100000, "early_stopping_patience": 0}
 
 
@@ -49,10 +47,7 @@ def events_until_end(client: httpx.Client, job_id: str, headers: dict | None = N
 
 @pytest.fixture(scope="module")
 def iris_dataset(server) -> dict:
-    with dataset_path("iris.csv").open("rb") as fh:
-        resp = server.post("/datasets", files={"file": ("iris.csv", fh, "text/csv")})
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+    return upload(server, "iris.csv").json()
 
 
 def submit(server, dataset: dict, training: dict) -> dict:
@@ -91,8 +86,7 @@ def test_reconnecting_with_last_event_id_resumes_without_losing_or_repeating(ser
                 break  # drop the connection part-way
     last_id = first[-1]["id"]
     # Epochs go on while no one listens.
-    wait_for(lambda: server.get(f"/jobs/{job['id']}").json()["progress"]["epoch"] >= 6, timeout=60,
-             what="three more epochs")
+    wait_for_job(server, job["id"], epoch=6, timeout=60)
     second: list[dict] = []
     with server.stream("GET", f"/jobs/{job['id']}/events", headers={"Last-Event-ID": last_id}) as response:
         for event in sse(response):
@@ -114,12 +108,10 @@ def test_reconnecting_with_last_event_id_resumes_without_losing_or_repeating(ser
 
 
 def test_unknown_job_and_malformed_last_event_id_are_problems(server, iris_dataset):
-    resp = server.get("/jobs/job_0000000000000000/events")
-    assert resp.status_code == 404 and resp.headers["content-type"] == "application/problem+json"
-    assert "job_0000000000000000" in resp.json()["detail"]
+    problem(server.get("/jobs/job_0000000000000000/events"), 404, "job_0000000000000000")
     job = submit(server, iris_dataset, {"epochs": 1})
     resp = server.get(f"/jobs/{job['id']}/events", headers={"Last-Event-ID": "yesterday"})
-    assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "Last-Event-ID"
+    assert problem(resp, 422)["errors"][0]["field"] == "Last-Event-ID"
 
 
 @pytest.fixture
@@ -143,10 +135,7 @@ def api_without_workers(migrated):
 
 def test_a_waiting_stream_sends_keep_alives_and_ends_when_the_job_is_cancelled(api_without_workers):
     client = api_without_workers
-    with dataset_path("iris.csv").open("rb") as fh:
-        resp = client.post("/datasets", files={"file": ("iris.csv", fh, "text/csv")})
-    assert resp.status_code == 201, resp.text
-    resp = client.post("/jobs", json={"dataset_id": resp.json()["id"], "target": "species"})
+    resp = client.post("/jobs", json={"dataset_id": upload(client, "iris.csv").json()["id"], "target": "species"})
     assert resp.status_code == 202, resp.text
     job = resp.json()
     seen: list[dict] = []

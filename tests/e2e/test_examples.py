@@ -4,14 +4,13 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import dataset_path
+from tests.helpers import ROOT, dataset_path, upload
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 def run_example(server, name: str, *args: str) -> str:
@@ -34,7 +33,7 @@ def test_train_iris_example(server):
 def test_images_example(server):
     probe = io.BytesIO()
     np.savez(probe, X=np.zeros((2, 1, 28, 28), dtype=np.uint8), y=np.array([0, 1]))
-    resp = server.post("/datasets", files={"file": ("probe.npz", probe.getvalue(), "application/octet-stream")})
+    resp = upload(server, "probe.npz", probe.getvalue(), status=None)
     if resp.status_code == 422:
         pytest.skip(f"this server does not accept .npz array data sets yet: {resp.json()['detail']}")
     assert resp.status_code == 201, resp.text

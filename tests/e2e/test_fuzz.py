@@ -14,9 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import dataset_path
-from tests.e2e.conftest import free_port, running
-from tests.helpers import wait_for
+from tests.helpers import upload, wait_for_job
+from tests.live import free_port, running
 
 SEED = 20251126
 EXAMPLES_PER_OPERATION = 15
@@ -84,13 +83,6 @@ def fuzz_config(*, headers: dict[str, str], ids: dict[str, list[str]], per_opera
     return "\n".join(lines) + "\n"
 
 
-def upload(client, name: str) -> str:
-    with dataset_path(name).open("rb") as fh:
-        resp = client.post("/datasets", files={"file": (name, fh, "text/csv")})
-    assert resp.status_code == 201, resp.text
-    return resp.json()["id"]
-
-
 def submit(client, spec: dict) -> str:
     resp = client.post("/jobs", json=spec)
     assert resp.status_code == 202, resp.text
@@ -98,8 +90,7 @@ def submit(client, spec: dict) -> str:
 
 
 def succeeded(client, job_id: str) -> dict:
-    job = wait_for(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] in {"succeeded", "failed"} and j,
-                   timeout=300, what=f"job {job_id} to finish")
+    job = wait_for_job(client, job_id, timeout=300)
     assert job["status"] == "succeeded", job["error"]
     return job
 
@@ -114,8 +105,8 @@ def test_live_schema_holds_under_fuzzing(tmp_path: Path):
         key_file = data_dir / "admin.key"
         headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"} if key_file.exists() else {}
         client.headers.update(headers)
-        iris = upload(client, "iris.csv")
-        xor = upload(client, "xor.csv")
+        iris = upload(client, "iris.csv").json()["id"]
+        xor = upload(client, "xor.csv").json()["id"]
         tiny = {"epochs": 3, "validation_fraction": 0.2}
         classifier = submit(client, {"dataset_id": iris, "target": "species", "model": {"hidden_layers": [4]},
                                      "training": tiny})

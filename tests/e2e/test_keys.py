@@ -4,7 +4,7 @@ import stat
 
 import httpx
 
-from tests.e2e.conftest import Stack, free_port
+from tests.live import Stack, free_port
 
 
 def test_first_start_writes_the_admin_key_once_with_mode_0600(tmp_path):

@@ -1,10 +1,10 @@
 """GET /metrics (Prometheus text) from `mlps serve`: jobs, queue, workers, durations, epochs/s, predict latency."""
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import admin_key
-from tests.helpers import wait_for
-from tests.live import IRIS_RECORDS, trained_iris_job
+from tests.helpers import wait_for_job
+from tests.live import IRIS_RECORDS, admin_key, trained_iris_job
 
 
 def scrape(server) -> dict[tuple[str, tuple], float]:
@@ -20,8 +20,7 @@ def test_metrics_report_jobs_queue_workers_durations_and_epoch_rate(server):
     iris = trained_iris_job(str(server.base_url), admin_key(server.data_dir))
     job = server.post("/jobs", json={"dataset_id": iris["dataset_id"], "target": "species",
                                      "training": {"epochs": 3, "seed": 7}}).json()
-    wait_for(lambda: server.get(f"/jobs/{job['id']}").json()["status"] == "succeeded", timeout=120,
-             what="a short job")
+    assert wait_for_job(server, job["id"])["status"] == "succeeded"
     samples = scrape(server)
     assert samples[("mlps_database_up", ())] == 1
     jobs = {dict(labels)["status"]: v for (name, labels), v in samples.items() if name == "mlps_jobs"}
@@ -31,13 +30,17 @@ def test_metrics_report_jobs_queue_workers_durations_and_epoch_rate(server):
     assert samples[("mlps_queue_depth", ())] == jobs["queued"]
     assert samples[("mlps_workers_live", ())] == 1  # `mlps serve` runs one worker
     assert samples[("mlps_epochs_per_second", ())] > 0
-    assert samples[("mlps_models", ())] >= 2 and samples[("mlps_datasets", ())] >= 1
+    assert samples[("mlps_models", ())] == server.get("/models").json()["total"] >= 2
+    assert samples[("mlps_datasets", ())] == server.get("/datasets").json()["total"] >= 1
     count = samples[("mlps_job_duration_seconds_count", (("status", "succeeded"),))]
     assert count == jobs["succeeded"]
     buckets = sorted((float(dict(labels)["le"]), v) for (name, labels), v in samples.items()
                      if name == "mlps_job_duration_seconds_bucket" and dict(labels)["status"] == "succeeded")
     assert [v for _, v in buckets] == sorted(v for _, v in buckets) and buckets[-1] == (float("inf"), count)
-    assert samples[("mlps_job_duration_seconds_sum", (("status", "succeeded"),))] > 0
+    succeeded = server.get("/jobs", params={"status": "succeeded", "limit": 500}).json()
+    assert succeeded["total"] == len(succeeded["items"])
+    assert samples[("mlps_job_duration_seconds_sum", (("status", "succeeded"),))] == pytest.approx(
+        sum(j["duration_s"] for j in succeeded["items"]))
 
 
 def test_predict_latency_is_observed_per_endpoint_and_status(server):

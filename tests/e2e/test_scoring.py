@@ -9,9 +9,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import dataset_path
-from tests.e2e.conftest import admin_key
-from tests.live import trained_iris_job
+from tests.helpers import dataset_path, problem
+from tests.live import admin_key, trained_iris_job
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 LABELS = ["Iris-setosa", "Iris-versicolor", "Iris-virginica"]
@@ -31,14 +30,6 @@ def scored_rows(resp) -> list[dict[str, str]]:
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"].startswith("text/csv")
     return list(csv.DictReader(io.StringIO(resp.text, newline="")))
-
-
-def problem(resp, status: int) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == "application/problem+json"
-    body = resp.json()
-    assert body["status"] == status and body["errors"]
-    return body
 
 
 def test_a_csv_comes_back_with_its_columns_and_the_predictions(server, model_id):
@@ -120,15 +111,14 @@ def test_bad_files_are_422_before_any_row_is_sent(server, model_id, content, fra
 
 
 def test_unknown_model_is_404_and_a_missing_file_part_is_422(server, model_id):
-    resp = score(server, "mdl_0000000000000000", b"a\n1\n")
-    assert resp.status_code == 404 and "mdl_0000000000000000" in resp.json()["detail"]
+    problem(score(server, "mdl_0000000000000000", b"a\n1\n"), 404, "mdl_0000000000000000", field="model_id")
     body = problem(server.post(f"/models/{model_id}/predict", files={"other": ("x.csv", b"a\n1\n")}), 422)
     assert "no file in the upload" in body["detail"]
 
 
 def test_scoring_leaves_no_temporary_files(server, model_id, tmp_path_factory):
-    score(server, model_id, b"sepal_length\n1\n")
-    score(server, model_id, dataset_path("iris.csv").read_bytes())
+    problem(score(server, model_id, b"sepal_length\n1\n"), 422, "lacks the model's feature column(s)")
+    assert len(scored_rows(score(server, model_id, dataset_path("iris.csv").read_bytes()))) == 150
     leftovers = list(tmp_path_factory.getbasetemp().glob("serve*/var/tmp/*.score"))
     assert leftovers == []
 

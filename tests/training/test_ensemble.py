@@ -24,11 +24,11 @@ from service.training.ensemble import (
 from service.training.loop import TrainData
 from service.training.nets import EnsembleNet
 from service.training.pipeline import SplitSpec, predict_inputs, prepare
-from tests.conftest import DATASETS
+from tests.helpers import dataset_path
 
 
 def iris_prepared():
-    table = pacsv.read_csv(DATASETS / "iris.csv")
+    table = pacsv.read_csv(dataset_path("iris.csv"))
     features = [c for c in table.column_names if c != "species"]
     return prepare(table, targets=["species"], features=features, kinds={f: "numeric" for f in features},
                    task="classification", split=SplitSpec(validation_fraction=0.0, test_fraction=0.2, seed=0))
@@ -205,7 +205,16 @@ def test_predict_averages_member_probabilities_with_their_weights_and_reports_th
     assert math.isclose(float(net.member_weights.sum()), 1.0, rel_tol=1e-6)
     with torch.inference_mode():
         s = spread(net, X, "classification", 3)
-        assert (s["std"] >= 0).all() and float(s["std"].max()) > 0
+    # the members' weighted spread of their probability of the ensemble's class, and the weight voting otherwise
+    w = (net.member_weights / net.member_weights.sum()).numpy()
+    p = members.numpy()
+    chosen = np.average(p, axis=0, weights=w).argmax(1)
+    p_chosen = p[:, np.arange(len(chosen)), chosen]
+    mean = np.average(p_chosen, axis=0, weights=w)
+    assert np.allclose(s["std"].numpy(), np.sqrt(np.average((p_chosen - mean) ** 2, axis=0, weights=w)), atol=1e-5)
+    assert np.allclose(s["disagreement"].numpy(), ((p.argmax(2) != chosen) * w[:, None]).sum(0), atol=1e-5)
+    assert float(s["std"].max()) > 0
+    with torch.inference_mode():
         for layer in net.layers:  # every member a copy of the first: no disagreement left
             layer.weight[:] = layer.weight[0]
             layer.bias[:] = layer.bias[0]

@@ -7,7 +7,7 @@ from service.training.artifact import WEIGHTS, ModelMeta, load_model, save_model
 from service.training.loop import TrainConfig, TrainData, TrainingError, train
 from service.training.nets import NetSpec
 from service.training.pipeline import SplitSpec, predict_inputs, prepare
-from tests.conftest import dataset_path
+from tests.helpers import dataset_path
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 XOR_Y = np.array([0, 1, 1, 0])
@@ -51,7 +51,7 @@ def test_same_seed_gives_identical_metrics():
 def test_early_stopping_keeps_the_best_epoch():
     prepared = iris_prepared()
     result = train(prepared.data, NetSpec(), TrainConfig(epochs=400, learning_rate=0.01, early_stopping_patience=5))
-    assert result.stopped_at is not None and result.stopped_at < 400
+    assert result.stopped_at == result.best_epoch + 5 == len(result.history) < 400  # patience 5 after the best
     best = min(range(len(result.history)), key=lambda i: result.history[i]["val_loss"])
     assert result.best_epoch == best + 1
     # the kept weights are the best epoch's: re-evaluating gives its validation loss
@@ -60,6 +60,19 @@ def test_early_stopping_keeps_the_best_epoch():
     with torch.inference_mode():
         loss = torch.nn.functional.cross_entropy(result.net(X), y).item()
     assert loss == pytest.approx(result.history[best]["val_loss"], rel=1e-5)
+
+
+def test_early_stopping_on_a_metric_that_is_never_defined_stops_after_patience():
+    # AUROC of a validation split holding one class is undefined in every epoch: patience counts from the start
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    data = TrainData(task="classification", X_train=X, y_train=y, X_val=X[y == 1][:8], y_val=y[y == 1][:8],
+                     n_classes=2)
+    result = train(data, NetSpec(hidden_layers=(4,)),
+                   TrainConfig(epochs=50, early_stopping_patience=3, early_stopping_metric="val_auroc"))
+    assert all(row["val_auroc"] is None for row in result.history)
+    assert result.best_epoch is None and result.stopped_at == 3 == len(result.history)
 
 
 def test_diverging_learning_rate_raises_nan_error():
@@ -182,17 +195,3 @@ def test_a_model_folder_written_before_ensembles_still_loads_and_predicts_the_sa
     assert loaded.model_type == "mlp" and loaded.format_version == 2
     X = prepared.data.X_val
     assert predict_inputs(net, loaded, X) == predict_inputs(result.net, meta, X)
-
-
-def test_a_job_spec_stored_before_versioning_reads_as_the_single_networks_defaults():
-    from service.server.spec import SINGLE_TRAINING, read_spec
-
-    v1 = {"dataset_id": "ds_1", "target": "species", "features": ["a", "b"], "task": "classification",
-          "model": {"type": "mlp", "hidden_layers": [16], "activation": "tanh", "dropout": 0.0, "batch_norm": False},
-          "training": {"epochs": 40, "batch_size": 8, "optimizer": "sgd", "learning_rate": 0.05},
-          "device": "cpu", "max_runtime_s": 60}
-    spec = read_spec(v1)
-    assert spec.schema_version == 2 and spec.targets == ["species"]
-    assert spec.model.hidden_layers == [16] and spec.model.activation == "tanh"
-    assert spec.training.epochs == 40 and spec.training.optimizer == "sgd"
-    assert spec.training.early_stopping_patience == SINGLE_TRAINING["early_stopping_patience"]

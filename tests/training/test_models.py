@@ -1,5 +1,7 @@
 """The lecture's model family and training options, checked against closed forms and scikit-learn."""
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -16,7 +18,7 @@ from service.training.loop import TrainConfig, TrainData, train
 from service.training.nets import NetSpec
 from service.training.perceptron import train_perceptron
 from service.training.pipeline import SplitSpec, final_report, predict_inputs, prepare, prepare_arrays
-from tests.conftest import dataset_path
+from tests.helpers import dataset_path
 
 XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
 XOR_Y = np.array([0, 1, 1, 0])
@@ -134,17 +136,30 @@ def iris(**split):
                    task="classification", split=SplitSpec(**split))
 
 
-@pytest.mark.parametrize(("schedule", "check"), [
-    ({"type": "step", "step_size": 2, "gamma": 0.5},
-     lambda lrs: lrs[:5] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])),
+def _halved_on_plateaus(history: list[dict]) -> list[float]:
+    """ReduceLROnPlateau's rule (patience 0, relative threshold 1e-4), replayed on the recorded validation losses:
+    each epoch that does not improve on the best loss halves the next epoch's rate."""
+    lrs, lr, best = [], 0.1, math.inf
+    for row in history:
+        lrs.append(lr)
+        if row["val_loss"] < best * (1 - 1e-4):
+            best = row["val_loss"]
+        else:
+            lr /= 2
+    return lrs
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    ({"type": "step", "step_size": 2, "gamma": 0.5}, lambda history: [0.1 * 0.5 ** (t // 2) for t in range(10)]),
     ({"type": "cosine", "min_lr": 0.0},
-     lambda lrs: lrs[0] == 0.1 and lrs[-1] < 0.01 and lrs == sorted(lrs, reverse=True)),
-    ({"type": "plateau", "factor": 0.5, "patience": 0}, lambda lrs: min(lrs) < 0.1),
+     lambda history: [0.05 * (1 + math.cos(math.pi * t / 10)) for t in range(10)]),
+    ({"type": "plateau", "factor": 0.5, "patience": 0}, _halved_on_plateaus),
 ])
-def test_learning_rate_schedules(schedule, check):
+def test_learning_rate_schedules(schedule, expected):
     result = train(iris().data, NetSpec(), TrainConfig(epochs=10, optimizer="sgd", learning_rate=0.1,
                                                        lr_schedule=schedule, early_stopping_patience=0))
-    assert check([row["lr"] for row in result.history])
+    lrs = [row["lr"] for row in result.history]
+    assert lrs == pytest.approx(expected(result.history), rel=1e-9) and min(lrs) < 0.1
 
 
 def test_gradient_clipping_bounds_each_step():
@@ -177,8 +192,12 @@ def test_test_split_is_held_out_and_reported_once():
     result = train(prepared.data, NetSpec(), TrainConfig(epochs=30))
     report = final_report(result.net, prepared)
     assert set(report["test"]) >= {"accuracy", "balanced_accuracy", "f1_macro", "auroc", "log_loss", "loss"}
+    with torch.inference_mode():
+        predicted = result.net(torch.as_tensor(prepared.X_test)).argmax(1).numpy()
+    assert report["test"]["accuracy"] == pytest.approx(skm.accuracy_score(prepared.y_test, predicted))
     assert report["confusion_matrix"]["split"] == "test"
-    assert np.array(report["confusion_matrix"]["matrix"]).sum() == 30
+    assert report["confusion_matrix"]["matrix"] == skm.confusion_matrix(prepared.y_test, predicted,
+                                                                        labels=[0, 1, 2]).tolist()
     assert "test_accuracy" not in result.history[-1]
 
 
@@ -189,11 +208,19 @@ def test_multi_target_regression_predicts_each_target_in_its_units():
     prepared = prepare(table, targets=["t1", "t2"], features=["a", "b", "c"], kinds=dict.fromkeys("abc", "numeric"),
                        task="regression", split=SplitSpec())
     result = train(prepared.data, NetSpec(), TrainConfig(epochs=60))
-    assert result.history[-1]["val_r2"] > 0.9
+    kept = result.history[(result.best_epoch or len(result.history)) - 1]
+    assert kept["val_r2"] > 0.9
     meta = ModelMeta(spec={"model": {"type": "mlp"}}, task="regression", target=prepared.target,
                      preprocessing=prepared.preprocessing, n_inputs=3, n_outputs=2)
-    out = predict_inputs(result.net, meta, prepared.data.X_val[:2])
-    assert set(out["predictions"][0]) == {"t1", "t2"} and 60 < out["predictions"][0]["t1"] < 140
+    X = prepared.data.X_val
+    out = predict_inputs(result.net, meta, X)
+    assert set(out["predictions"][0]) == {"t1", "t2"}
+    # the validation rows' own targets, from their inputs in the table's units
+    a, b = (X[:, j] * f["scale"] + f["mean"] for j, f in enumerate(prepared.preprocessing["features"][:2]))
+    truth = np.column_stack([100 + 10 * a, -5 * b])
+    predicted = np.array([[p["t1"], p["t2"]] for p in out["predictions"]])
+    per_target = skm.r2_score(truth, predicted, multioutput="raw_values")
+    assert (per_target > 0.9).all() and per_target.mean() == pytest.approx(kept["val_r2"], abs=1e-4)
 
 
 def test_image_arrays_are_flattened_like_view():

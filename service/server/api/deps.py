@@ -18,16 +18,20 @@ from service.server.tables import Dataset, Job, Model
 
 
 # Dependencies that only read app.state are async: a sync one would cost a thread-pool round trip per request.
+# app.state holds untyped attributes: each is named with its type once, here.
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def get_storage(request: Request) -> Storage:
-    return request.app.state.storage
+    storage: Storage = request.app.state.storage
+    return storage
 
 
 async def get_model_cache(request: Request) -> ModelCache:
-    return request.app.state.model_cache
+    cache: ModelCache = request.app.state.model_cache
+    return cache
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -65,7 +69,9 @@ async def get_principal(request: Request,
     """The caller's key (401 without a valid one), rate-limited per key (429 with Retry-After)."""
     digest = auth.bearer_digest(request.headers.get("authorization"))
     principals: auth.PrincipalCache = request.app.state.principals
-    principal = principals.cached(digest) or await run_in_threadpool(principals.load, digest)
+    principal = principals.cached(digest)
+    if principal is None:
+        principal = await run_in_threadpool(principals.load, digest)
     request.app.state.rate_limiter.check(principal.key_id)
     return principal
 
@@ -92,10 +98,16 @@ def job_or_404(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
     return jobs.get(session=session, job_id=job_id, principal=principal)
 
 
-def model_or_404(model_id: str, session: SessionDep, principal: PrincipalDep) -> Model:
+def model_row_or_404(model_id: str, session: SessionDep, principal: PrincipalDep) -> Model:
     return predict.get(session=session, model_id=model_id, principal=principal)
+
+
+def model_or_404(model: Annotated[Model, Depends(model_row_or_404)], storage: StorageDep) -> Model:
+    """The model, whose files must be present (410 otherwise)."""
+    return predict.files_present(storage, model)
 
 
 DatasetDep = Annotated[Dataset, Depends(dataset_or_404)]
 JobDep = Annotated[Job, Depends(job_or_404)]
 ModelDep = Annotated[Model, Depends(model_or_404)]
+ModelRowDep = Annotated[Model, Depends(model_row_or_404)]  # also a model whose files are gone (to delete it)

@@ -18,6 +18,7 @@ stream goes on with the first epoch number it has not sent.
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,8 @@ def read_snapshot(sessions: sessionmaker[Session], job_id: str, principal: Princ
         return Snapshot(status=status, events=[*epoch_events, status_event])
 
 
-async def job_event_stream(request: Request, job_id: str, after: EventId | None, principal: Principal):
+async def job_event_stream(request: Request, job_id: str, after: EventId | None,
+                           principal: Principal) -> AsyncIterator[str]:
     """Poll the database and yield every new event; stop after the final status or when the client leaves."""
     sessions = request.app.state.sessions
     poll_s = getattr(request.app.state, "events_poll_interval_s", POLL_INTERVAL_S)
@@ -159,7 +161,8 @@ async def job_event_stream(request: Request, job_id: str, after: EventId | None,
                **problem_responses(404, 422)})
 async def job_events(request: Request, job_id: str, principal: PrincipalDep,
                      last_event_id: str | None = Header(default=None, alias="Last-Event-ID",
-                                                        description="Resume after this event id")):
+                                                        description="Resume after this event id")
+                     ) -> StreamingResponse:
     """Stream a job's status changes and epochs as Server-Sent Events until it ends."""
     after = EventId.parse(last_event_id) if last_event_id else None
 

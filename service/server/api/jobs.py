@@ -14,7 +14,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 @router.post("", status_code=202, response_model=JobRead, responses=problem_responses(400, 422),
              summary="Submit a training job")
 def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
-               response: Response):
+               response: Response) -> JobRead:
     job = jobs.submit(session=session, spec=spec, principal=principal, settings=settings)
     response.headers["Location"] = f"/jobs/{job.id}"
     return jobs.to_read(job)
@@ -23,7 +23,7 @@ def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, se
 @router.get("", response_model=Page[JobRead], responses=problem_responses(422), summary="List jobs, newest first")
 def list_jobs(session: SessionDep, principal: PrincipalDep, status: JobStatus | None = Query(default=None),
               dataset_id: str | None = Query(default=None, max_length=64),
-              limit: LimitDep = 50, offset: OffsetDep = 0):
+              limit: LimitDep = 50, offset: OffsetDep = 0) -> Page[JobRead]:
     items, total = jobs.list_(session=session, principal=principal, status=status, dataset_id=dataset_id,
                               limit=limit, offset=offset)
     return Page[JobRead](items=[jobs.to_read(j) for j in items], total=total, limit=limit, offset=offset)
@@ -31,14 +31,15 @@ def list_jobs(session: SessionDep, principal: PrincipalDep, status: JobStatus | 
 
 @router.get("/{job_id}", response_model=JobRead, responses=problem_responses(404, 422),
             summary="Status, progress and latest metrics of a job")
-def show_job(job: JobDep):
+def show_job(job: JobDep) -> JobRead:
     return jobs.to_read(job)
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, responses=problem_responses(404, 422),
             summary="Every epoch's metrics")
 def job_metrics(job: JobDep, session: SessionDep,
-                members: bool = Query(default=False, description="Include each ensemble member's own figures")):
+                members: bool = Query(default=False, description="Include each ensemble member's own figures")
+                ) -> JobMetrics:
     rows = jobs.metrics(session=session, job=job)
     result = job.result or {}
     return JobMetrics(job_id=job.id, task=job.task,
@@ -49,5 +50,5 @@ def job_metrics(job: JobDep, session: SessionDep,
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobRead, responses=problem_responses(404, 409, 422),
              summary="Cancel a queued or running job")
-def cancel_job(job: JobDep, session: SessionDep):
+def cancel_job(job: JobDep, session: SessionDep) -> JobRead:
     return jobs.to_read(queue.request_cancel(session=session, job=job))

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import TypedDict
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -36,6 +37,17 @@ PREDICT_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 EPOCH_RATE_WINDOW_S = 60.0
 PREDICT_PATHS = {"/predict": "/predict"}
 BATCH_PREDICT_PATH = re.compile(r"^/models/[^/]+/predict$")
+
+
+class _Figures(TypedDict):
+    """One scrape's reading of the database."""
+
+    jobs: dict[str, int]  # by status
+    workers_live: int
+    epochs_per_second: float
+    durations: dict[str, list[float]]  # finished jobs' run times by final status
+    datasets: int
+    models: int
 
 
 def worker_liveness_window_s(settings: Settings) -> float:
@@ -84,7 +96,7 @@ class DatabaseCollector(Collector):
             durations.add_metric([status.value], buckets, sum_value=sum(values))
         yield durations
 
-    def _read(self) -> dict:
+    def _read(self) -> _Figures:
         now = utcnow()
         alive_since = now - timedelta(seconds=worker_liveness_window_s(self.settings))
         with self.sessions() as session:
@@ -97,6 +109,7 @@ class DatabaseCollector(Collector):
             rows = session.execute(select(Job.status, Job.started_at, Job.finished_at).where(
                 Job.started_at.is_not(None), Job.finished_at.is_not(None)))
             for status, started, finished in rows:
+                assert started is not None and finished is not None  # as the query's WHERE asks
                 durations.setdefault(str(status), []).append(max(0.0, (finished - started).total_seconds()))
             datasets = session.scalar(select(func.count()).select_from(Dataset))
             models = session.scalar(select(func.count()).select_from(Model))

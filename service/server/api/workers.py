@@ -32,7 +32,8 @@ class WorkerList(BaseModel):
 @router.get("/workers", response_model=WorkerList, responses=problem_responses(422),
             summary="Live workers, their devices and running jobs")
 def list_workers(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
-                 include_stopped: bool = Query(default=False, description="Also list stopped or silent workers")):
+                 include_stopped: bool = Query(default=False, description="Also list stopped or silent workers")
+                 ) -> WorkerList:
     items = fleet.list_workers(session=session, principal=principal, include_stopped=include_stopped,
                                stale_after_s=fleet.liveness_window_s(settings.heartbeat_s))
     return WorkerList(items=items)

@@ -1,17 +1,17 @@
 """service.client.Client against a real `mlps serve` (uvicorn + worker processes)."""
 
 import csv
+import re
 
 import pytest
 
 from service.client import ApiError, Client, JobEvent, ServerUnreachable, parse_sse
-from tests.conftest import dataset_path
-from tests.e2e.conftest import free_port
-from tests.live import IRIS_RECORDS, SHORT_TRAINING, iris_job, live_key, live_url  # noqa: F401 (fixtures)
+from tests.helpers import dataset_path
+from tests.live import IRIS_RECORDS, SHORT_TRAINING, free_port, live_key
 
 
 @pytest.fixture
-def mlps(live_url):  # noqa: F811
+def mlps(live_url):
     with Client(live_url, api_key=live_key(), timeout=30) as client:
         yield client
 
@@ -68,16 +68,16 @@ def test_server_errors_carry_the_problem_details(mlps):
     assert (err.status, err.title, err.type) == (422, "Invalid input", "/problems/invalid-input")
     assert "'colour'" in err.detail and "sepal_length" in err.detail
     assert err.errors[0]["field"] == "target" and err.errors[0]["column"] == "colour"
-    assert err.request_id
+    assert re.fullmatch(r"[0-9a-f]{16}", err.request_id)
     assert str(err).startswith("422 Invalid input: target column 'colour'")
 
 
-def test_wait_follows_the_live_events_to_the_end(mlps, iris_job):  # noqa: F811
+def test_wait_follows_the_live_events_to_the_end(mlps, iris_job):
     ds = mlps.dataset(iris_job["dataset_id"])
     job = mlps.submit_job({"dataset_id": ds["id"], "target": "species", "training": SHORT_TRAINING})
     events: list[JobEvent] = []
     final = mlps.wait(job["id"], timeout=120, on_update=events.append)
-    assert final["status"] == "succeeded" and final["model_id"]
+    assert final["status"] == "succeeded" and mlps.model(final["model_id"])["job_id"] == job["id"]
     assert events[0].kind == "status" and events[-1].is_terminal and events[-1].data["status"] == "succeeded"
     epochs = [e.data["epoch"] for e in events if e.kind == "epoch"]
     assert epochs == list(range(1, final["progress"]["epoch"] + 1))
@@ -86,7 +86,7 @@ def test_wait_follows_the_live_events_to_the_end(mlps, iris_job):  # noqa: F811
     assert orders == sorted(orders) and len(set(orders)) == len(orders)
 
 
-def test_wait_by_polling_reports_the_same_epochs(mlps, iris_job):  # noqa: F811
+def test_wait_by_polling_reports_the_same_epochs(mlps, iris_job):
     events: list[JobEvent] = []
     final = mlps.wait(iris_job["id"], timeout=30, on_update=events.append, stream=False, poll_interval=0.05)
     assert final["status"] == "succeeded"
@@ -94,7 +94,7 @@ def test_wait_by_polling_reports_the_same_epochs(mlps, iris_job):  # noqa: F811
     assert events[-1].kind == "status" and events[-1].data["status"] == "succeeded"
 
 
-def test_jobs_listing_metrics_and_models(mlps, iris_job):  # noqa: F811
+def test_jobs_listing_metrics_and_models(mlps, iris_job):
     assert iris_job["id"] in [j["id"] for j in mlps.jobs(status="succeeded", limit=500)["items"]]
     assert iris_job["id"] not in [j["id"] for j in mlps.jobs(status="failed", limit=500)["items"]]
     assert mlps.job(iris_job["id"])["model_id"] == iris_job["model_id"]
@@ -106,10 +106,12 @@ def test_jobs_listing_metrics_and_models(mlps, iris_job):  # noqa: F811
     assert model["id"] in [m["id"] for m in mlps.models(limit=500)["items"]]
 
 
-def test_predict_records_and_a_csv_file_agree(mlps, iris_job, tmp_path):  # noqa: F811
+def test_predict_records_and_a_csv_file_agree(mlps, iris_job, tmp_path):
     answer = mlps.predict(iris_job["model_id"], records=IRIS_RECORDS)
-    assert len(answer["predictions"]) == 2 and set(answer["probabilities"][0]) == {
-        "Iris-setosa", "Iris-versicolor", "Iris-virginica"}
+    assert answer["predictions"] == [max(probs, key=probs.get) for probs in answer["probabilities"]]
+    for probs in answer["probabilities"]:
+        assert set(probs) == {"Iris-setosa", "Iris-versicolor", "Iris-virginica"}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
     rows = tmp_path / "flowers.csv"
     with rows.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*IRIS_RECORDS[0], "name"])
@@ -126,7 +128,7 @@ def test_predict_records_and_a_csv_file_agree(mlps, iris_job, tmp_path):  # noqa
     assert not (tmp_path / "scored.csv.part").exists()
 
 
-def test_predict_csv_errors_are_api_errors_and_leave_no_file(mlps, iris_job, tmp_path):  # noqa: F811
+def test_predict_csv_errors_are_api_errors_and_leave_no_file(mlps, iris_job, tmp_path):
     rows = tmp_path / "bad.csv"
     rows.write_text("sepal_length,sepal_width\n1,2\n")
     out = tmp_path / "out.csv"
@@ -136,7 +138,7 @@ def test_predict_csv_errors_are_api_errors_and_leave_no_file(mlps, iris_job, tmp
     assert not out.exists()
 
 
-def test_cancel_then_wait_reports_cancelled(mlps, iris_job):  # noqa: F811
+def test_cancel_then_wait_reports_cancelled(mlps, iris_job):
     job = mlps.submit_job({"dataset_id": iris_job["dataset_id"], "target": "species",
                            "model": {"type": "mlp"}, "training": {"epochs": 100000, "early_stopping_patience": 0}})
     assert mlps.cancel(job["id"])["cancel_requested"]
@@ -147,7 +149,7 @@ def test_cancel_then_wait_reports_cancelled(mlps, iris_job):  # noqa: F811
     assert caught.value.status == 409
 
 
-def test_wait_gives_up_after_its_timeout(mlps, iris_job):  # noqa: F811
+def test_wait_gives_up_after_its_timeout(mlps, iris_job):
     # No worker has cuda:7, so the job stays queued.
     job = mlps.submit_job({"dataset_id": iris_job["dataset_id"], "target": "species", "device": "cuda:7"})
     try:
@@ -163,7 +165,7 @@ def test_wait_on_an_unknown_job_is_404(mlps):
     assert caught.value.status == 404
 
 
-def test_embed_returns_bottleneck_codes(mlps, iris_job):  # noqa: F811
+def test_embed_returns_bottleneck_codes(mlps, iris_job):
     features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     job = mlps.submit_job({"dataset_id": iris_job["dataset_id"], "features": features,
                            "model": {"type": "autoencoder", "hidden_layers": [3, 2]}, "training": {"epochs": 3}})
@@ -176,7 +178,7 @@ def test_embed_returns_bottleneck_codes(mlps, iris_job):  # noqa: F811
     assert caught.value.status == 422 and "autoencoder" in caught.value.detail
 
 
-def test_health_readiness_and_prometheus_text(mlps, iris_job):  # noqa: F811
+def test_health_readiness_and_prometheus_text(mlps, iris_job):
     assert mlps.health() == {"status": "ok"}
     assert mlps.ready() is True
     assert len(mlps.workers()["items"]) == 1  # `mlps serve` runs one worker

@@ -4,7 +4,7 @@ import pytest
 
 from service.server.api.events import EventId
 from service.server.errors import InvalidInput
-from tests.conftest import upload
+from tests.helpers import problem, upload
 
 
 def test_event_ids_order_like_the_events_and_round_trip():
@@ -33,5 +33,5 @@ def test_a_job_cancelled_in_the_queue_streams_one_final_event(client):
 
 
 def test_unknown_job_is_404(client):
-    resp = client.get("/jobs/job_0000000000000000/events")
-    assert resp.status_code == 404 and resp.json()["title"] == "Not found"
+    body = problem(client.get("/jobs/job_0000000000000000/events"), 404, "job_0000000000000000")
+    assert body["title"] == "Not found"

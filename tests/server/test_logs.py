@@ -8,7 +8,7 @@ import re
 import pytest
 
 from service.server.logs import configure, job_id_var
-from tests.conftest import upload
+from tests.helpers import upload
 
 
 @pytest.fixture

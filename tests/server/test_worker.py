@@ -2,12 +2,13 @@
 
 import json
 import threading
+from datetime import datetime
 
 import pytest
+import torch
 
-from tests.api.test_datasets import problem
-from tests.conftest import upload
-from tests.helpers import wait_for
+import service
+from tests.helpers import problem, upload, wait_for_job
 
 BOTH_DATABASES = True
 
@@ -27,7 +28,9 @@ def test_job_trains_records_every_epoch_and_stores_a_model(client, trained, sett
     job = trained
     assert job["status"] == "succeeded", job["error"]
     assert job["device"] == "cpu" and job["attempts"] == 1
-    assert job["started_at"] and job["finished_at"] and job["duration_s"] > 0
+    created, started, finished = (datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at"))
+    assert created <= started < finished
+    assert job["duration_s"] == pytest.approx((finished - started).total_seconds())
     metrics = client.get(f"/jobs/{job['id']}/metrics").json()["epochs"]
     assert [m["epoch"] for m in metrics] == list(range(1, job["result"]["epochs_run"] + 1))
     assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "seconds"} <= set(metrics[0]["metrics"])
@@ -39,7 +42,8 @@ def test_job_trains_records_every_epoch_and_stores_a_model(client, trained, sett
     folder = settings.data_dir / "models" / job["model_id"]
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "weights.safetensors"]
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["versions"]["torch"] and meta["preprocessing"]["features"][0]["name"] == "sepal_length"
+    assert meta["versions"]["torch"] == torch.__version__ and meta["versions"]["mlp_service"] == service.__version__
+    assert meta["preprocessing"]["features"][0]["name"] == "sepal_length"
     assert client.get("/models").json()["total"] == 1
 
 
@@ -92,13 +96,13 @@ def test_cancel_a_running_job_stops_its_process(client, worker):
                                      "training": {"epochs": 100000, "early_stopping_patience": 0}}).json()
     runner = threading.Thread(target=worker.run_once, kwargs={"timeout_s": 120})
     runner.start()
-    wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["progress"]["epoch"] >= 2, what="two epochs")
+    wait_for_job(client, job["id"], epoch=2)
     resp = client.post(f"/jobs/{job['id']}/cancel")
     assert resp.status_code == 202 and resp.json()["cancel_requested"]
-    final = wait_for(lambda: (j := client.get(f"/jobs/{job['id']}").json())["status"] == "cancelled" and j,
-                     what="cancelled")
+    final = wait_for_job(client, job["id"])
+    assert final["status"] == "cancelled"
     runner.join(60)
     assert not runner.is_alive() and worker.slots == {}
     metrics = client.get(f"/jobs/{job['id']}/metrics").json()["epochs"]
-    assert len(metrics) == final["progress"]["epoch"] < 100000
+    assert 2 <= len(metrics) == final["progress"]["epoch"] < 100000  # it ran, and stopped early
     assert final["model_id"] is None

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.server.api import create_app
 from service.server.api.ops import PredictLatencyMiddleware, predict_endpoint
-from tests.conftest import bearer, make_key, upload
+from tests.helpers import bearer, make_key, upload
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:

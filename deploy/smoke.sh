@@ -70,7 +70,7 @@ while :; do
 done
 model_id=$(json_get model_id <<<"$job")
 [[ -n $model_id ]] || die "job $job_id succeeded without a model id: $job"
-log "model $model_id, metrics: $(json_get latest_metrics <<<"$job")"
+log "model $model_id, kept model's metrics: $(json_get metrics <<<"$job")"
 
 predict_body=$(python3 -c 'import json, sys
 print(json.dumps({"model_id": sys.argv[1], "records": [

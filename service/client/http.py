@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, NotRequired, TypedDict
+from typing import IO, Any, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
 import httpx
 
@@ -34,12 +34,17 @@ EVENT_READ_TIMEOUT_S = 40.0
 LONG_READ_TIMEOUT_S = 600.0
 MAX_RECONNECTS = 8
 
+T = TypeVar("T")
+EventKind = Literal["status", "epoch"]
+
 
 # ---------------------------------------------------------------- response shapes
+# The server's OpenAPI document is the source of truth (tests/client/test_types.py holds these to it): a key the
+# schema does not mark required is NotRequired here.
 
 
-class Page(TypedDict):
-    items: list[Any]
+class Page(TypedDict, Generic[T]):
+    items: list[T]
     total: int
     limit: int
     offset: int
@@ -47,7 +52,7 @@ class Page(TypedDict):
 
 class Column(TypedDict):
     name: str
-    kind: str
+    kind: Literal["numeric", "categorical", "boolean", "tensor"]
     dtype: str
     n_missing: int
     n_unique: int
@@ -90,15 +95,15 @@ class Job(TypedDict):
     device: str | None
     attempts: int
     cancel_requested: bool
-    waiting_for: str | None
+    waiting_for: NotRequired[str | None]
     error: str | None
     result: dict[str, Any] | None
-    metrics: dict[str, Any] | None  # the kept model's figures once succeeded
+    metrics: NotRequired[dict[str, Any] | None]  # the kept model's figures once succeeded
     model_id: str | None
     created_at: str
     started_at: str | None
     finished_at: str | None
-    duration_s: float | None
+    duration_s: NotRequired[float | None]
 
 
 class EpochMetrics(TypedDict):
@@ -110,8 +115,8 @@ class JobMetrics(TypedDict):
     job_id: str
     task: str
     epochs: list[EpochMetrics]
-    test: dict[str, Any] | None
-    confusion_matrix: dict[str, Any] | None
+    test: NotRequired[dict[str, Any] | None]
+    confusion_matrix: NotRequired[dict[str, Any] | None]
 
 
 class Model(TypedDict):
@@ -132,7 +137,7 @@ class Prediction(TypedDict):
     model_id: str
     predictions: list[Any]
     probabilities: list[dict[str, float]] | None
-    uncertainty: list[dict[str, Any]] | None  # an ensemble's member spread, when asked for
+    uncertainty: NotRequired[list[dict[str, Any]] | None]  # an ensemble's member spread, when asked for
 
 
 class Embedding(TypedDict):
@@ -140,11 +145,27 @@ class Embedding(TypedDict):
     embeddings: list[list[float]]
 
 
+class Worker(TypedDict):
+    id: str
+    host: str
+    pid: int
+    devices: list[dict[str, Any]]
+    started_at: str
+    heartbeat_at: str
+    stopped_at: str | None
+    alive: bool
+    running_jobs: list[str]
+
+
+class WorkerList(TypedDict):
+    items: list[Worker]
+
+
 @dataclass(frozen=True)
 class JobEvent:
     """One event of a job's progress: a status change (data: the job) or an epoch (data: its metrics)."""
 
-    kind: Literal["status", "epoch"]
+    kind: EventKind
     data: dict[str, Any]
     id: str | None = None
 
@@ -193,7 +214,7 @@ class ApiError(ClientError):
             text = response.text.strip()[:500] if response.content else ""
             return cls(status=response.status_code, title=response.reason_phrase or "HTTP error",
                        detail=text or f"HTTP {response.status_code} from {response.request.url}")
-        errors = body.get("errors") if isinstance(body.get("errors"), list) else []
+        errors: list[dict[str, Any]] = body["errors"] if isinstance(body.get("errors"), list) else []
         return cls(status=int(body.get("status") or response.status_code),
                    title=str(body.get("title") or response.reason_phrase or "HTTP error"),
                    detail=str(body.get("detail") or ""), errors=errors, type=body.get("type"),
@@ -209,7 +230,9 @@ class _EventsUnavailable(Exception):
 
 def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
     """(event, data, id) for each event in a text/event-stream; comments and retry fields are skipped."""
-    event, data, event_id = "message", [], None
+    event = "message"
+    data: list[str] = []
+    event_id: str | None = None
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line:
@@ -248,7 +271,6 @@ def find_api_key(base_url: str) -> str | None:
         return Path(path).read_text().strip() or None
     except OSError:
         return None
-
 
 
 class Client:
@@ -306,7 +328,7 @@ class Client:
 
     def health(self) -> dict[str, Any]:
         """GET /healthz: the process answers."""
-        return self._json("GET", "/healthz")
+        return cast(dict[str, Any], self._json("GET", "/healthz"))
 
     def ready(self) -> bool:
         """GET /readyz: whether the database is reachable and migrated."""
@@ -315,9 +337,9 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
-    def workers(self, include_stopped: bool = False) -> dict[str, Any]:
+    def workers(self, include_stopped: bool = False) -> WorkerList:
         """GET /workers: live workers (with include_stopped, stopped or silent ones too), devices, running jobs."""
-        return self._json("GET", "/workers", params={"include_stopped": include_stopped})
+        return cast(WorkerList, self._json("GET", "/workers", params={"include_stopped": include_stopped}))
 
     def server_metrics(self) -> str:
         """GET /metrics: the Prometheus text exposition."""
@@ -329,20 +351,21 @@ class Client:
         """POST /datasets: upload a CSV, TSV, Parquet or .npz file (streamed from disk)."""
         path = Path(path)
         with path.open("rb") as fh:
-            return self._json("POST", "/datasets", files={"file": (path.name, fh, "application/octet-stream")},
-                              data={"name": name} if name else None, timeout=self._long_timeout())
+            return cast(Dataset, self._json("POST", "/datasets",
+                                            files={"file": (path.name, fh, "application/octet-stream")},
+                                            data={"name": name} if name else None, timeout=self._long_timeout()))
 
-    def datasets(self, limit: int = 50, offset: int = 0) -> Page:
+    def datasets(self, limit: int = 50, offset: int = 0) -> Page[Dataset]:
         """GET /datasets: a page of data sets, newest first."""
-        return self._json("GET", "/datasets", params={"limit": limit, "offset": offset})
+        return cast(Page[Dataset], self._json("GET", "/datasets", params={"limit": limit, "offset": offset}))
 
     def dataset(self, dataset_id: str) -> Dataset:
         """GET /datasets/{id}: one data set and its column schema."""
-        return self._json("GET", f"/datasets/{dataset_id}")
+        return cast(Dataset, self._json("GET", f"/datasets/{dataset_id}"))
 
     def preview(self, dataset_id: str, limit: int = 20) -> DatasetPreview:
         """GET /datasets/{id}/preview: the first rows."""
-        return self._json("GET", f"/datasets/{dataset_id}/preview", params={"limit": limit})
+        return cast(DatasetPreview, self._json("GET", f"/datasets/{dataset_id}/preview", params={"limit": limit}))
 
     def delete_dataset(self, dataset_id: str) -> None:
         """DELETE /datasets/{id} (409 while a queued or running job uses it)."""
@@ -352,29 +375,29 @@ class Client:
 
     def submit_job(self, spec: dict[str, Any]) -> Job:
         """POST /jobs: enqueue a training job; answers the queued job."""
-        return self._json("POST", "/jobs", json=spec)
+        return cast(Job, self._json("POST", "/jobs", json=spec))
 
     def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0,
-             dataset_id: str | None = None) -> Page:
+             dataset_id: str | None = None) -> Page[Job]:
         """GET /jobs: a page of jobs, newest first, optionally filtered by status or data set."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status:
             params["status"] = status
         if dataset_id:
             params["dataset_id"] = dataset_id
-        return self._json("GET", "/jobs", params=params)
+        return cast(Page[Job], self._json("GET", "/jobs", params=params))
 
     def job(self, job_id: str) -> Job:
         """GET /jobs/{id}: status, progress, latest metrics, result."""
-        return self._json("GET", f"/jobs/{job_id}")
+        return cast(Job, self._json("GET", f"/jobs/{job_id}"))
 
     def metrics(self, job_id: str) -> JobMetrics:
         """GET /jobs/{id}/metrics: every epoch's metrics (and the confusion matrix once finished)."""
-        return self._json("GET", f"/jobs/{job_id}/metrics")
+        return cast(JobMetrics, self._json("GET", f"/jobs/{job_id}/metrics"))
 
     def cancel(self, job_id: str) -> Job:
         """POST /jobs/{id}/cancel: cancel a queued or running job (409 if it already finished)."""
-        return self._json("POST", f"/jobs/{job_id}/cancel")
+        return cast(Job, self._json("POST", f"/jobs/{job_id}/cancel"))
 
     def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[JobEvent]:
         """GET /jobs/{id}/events: the job's live events on one connection, until its final status."""
@@ -399,7 +422,7 @@ class Client:
                 raise _EventsUnavailable()
             for kind, data, event_id in parse_sse(response.iter_lines()):
                 if kind in ("status", "epoch"):
-                    yield JobEvent(kind=kind, data=json.loads(data), id=event_id)
+                    yield JobEvent(kind=cast(EventKind, kind), data=json.loads(data), id=event_id)
 
     def wait(self, job_id: str, timeout: float | None = None,
              on_update: Callable[[JobEvent], None] | None = None, *, stream: bool = True,
@@ -473,13 +496,13 @@ class Client:
 
     # ------------------------------------------------------------ models and predictions
 
-    def models(self, limit: int = 50, offset: int = 0) -> Page:
+    def models(self, limit: int = 50, offset: int = 0) -> Page[Model]:
         """GET /models: a page of trained models, newest first."""
-        return self._json("GET", "/models", params={"limit": limit, "offset": offset})
+        return cast(Page[Model], self._json("GET", "/models", params={"limit": limit, "offset": offset}))
 
     def model(self, model_id: str) -> Model:
         """GET /models/{id}: task, feature schema, labels and metrics."""
-        return self._json("GET", f"/models/{model_id}")
+        return cast(Model, self._json("GET", f"/models/{model_id}"))
 
     def download_model(self, model_id: str, out_path: str | Path | IO[bytes]) -> None:
         """GET /models/{id}/download: a zip of weights.safetensors and model.json, saved to out_path."""
@@ -492,6 +515,10 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
+    def delete_model(self, model_id: str) -> None:
+        """DELETE /models/{id}: its record, files and cached copies (the job that trained it stays)."""
+        self._request("DELETE", f"/models/{model_id}")
+
     def predict(self, model_id: str, records: list[dict[str, Any]] | None = None,
                 inputs: list[Any] | None = None, uncertainty: bool = False) -> Prediction:
         """POST /predict: records keyed by column name, or `inputs` (nested arrays) for array models; with
@@ -503,7 +530,7 @@ class Client:
             body["records"] = records
         if inputs is not None:
             body["inputs"] = inputs
-        return self._json("POST", "/predict", json=body)
+        return cast(Prediction, self._json("POST", "/predict", json=body))
 
     def embed(self, model_id: str, records: list[dict[str, Any]] | None = None,
               inputs: list[Any] | None = None) -> Embedding:
@@ -513,7 +540,7 @@ class Client:
             body["records"] = records
         if inputs is not None:
             body["inputs"] = inputs
-        return self._json("POST", f"/models/{model_id}/embed", json=body)
+        return cast(Embedding, self._json("POST", f"/models/{model_id}/embed", json=body))
 
     def predict_csv(self, model_id: str, in_path: str | Path, out_path: str | Path | IO[bytes]) -> int | None:
         """POST /models/{id}/predict: score a CSV (or Parquet) file, streaming the predictions CSV to out_path.

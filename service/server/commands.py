@@ -1,17 +1,22 @@
 """Server commands of `mlps`: serve, api, worker, migrate, keys (they run on the server's machine, against its
 database and storage). `service.cli` mounts them next to the client commands."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from service.server.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(add_completion=False)
 
@@ -34,13 +39,14 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="Storage and SQLite folder
 DbOpt = Annotated[str | None, typer.Option(help="SQLAlchemy database URL (env MLPS_DATABASE_URL)")]
 
 
-def _settings(host=None, port=None, data_dir=None, database_url=None) -> Settings:
+def _settings(host: str | None = None, port: int | None = None, data_dir: Path | None = None,
+              database_url: str | None = None) -> Settings:
     """Settings from the environment, with command-line options taking precedence. Every server command starts
     here, so this is also where the process stops creating files other users could read: data sets, models and
     the SQLite file hold people's data (umask 077: folders 0700, files 0600)."""
     os.umask(0o077)
-    overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
-                                   "database_url": database_url}.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir,
+                                                   "database_url": database_url}.items() if v is not None}
     if data_dir is not None and database_url is None and not os.environ.get("MLPS_DATABASE_URL"):
         overrides["database_url"] = ""  # recomputed under the new data dir
     return Settings(**overrides)
@@ -52,7 +58,7 @@ def _logging(settings: Settings) -> None:
     configure(settings.log_format)
 
 
-def _uvicorn_logging(settings: Settings) -> dict:
+def _uvicorn_logging(settings: Settings) -> dict[str, Any]:
     """uvicorn's own log setup for text; in JSON mode its records go through ours."""
     return {} if settings.log_format == "text" else {"log_config": None}
 
@@ -78,7 +84,7 @@ def _check_schema(settings: Settings) -> None:
 
 
 @contextmanager
-def _database(settings: Settings):
+def _database(settings: Settings) -> Iterator["Session"]:
     """One transaction on the settings' (migrated) database."""
     from service.server.db import make_engine, make_sessionmaker, session_scope
 
@@ -108,6 +114,107 @@ def _bootstrap_admin_key(settings: Settings) -> None:
         typer.echo(f"Admin API key (shown once; saved to {settings.data_dir / ADMIN_KEY_FILE}, mode 0600):\n{key}")
 
 
+# ---------------------------------------------------------------- the per-user record of local servers
+# `mlps serve` and `mlps api` record, while they run, which data dir serves which loopback URL, so that a client
+# command run from any folder finds the admin key of a server on this machine. service/client/cli/servers.py reads
+# the file; the two sides import nothing of each other, so its path and shape are spelled out on both:
+#     {"version": 1, "servers": {"http://127.0.0.1:8000": {"data_dir": "/home/me/mlps/var", "pid": 4242}}}
+
+
+def _servers_file() -> Path:
+    """$XDG_STATE_HOME/mlps/servers.json, else ~/.local/state/mlps/servers.json (a relative XDG_STATE_HOME is
+    ignored, as the XDG spec says)."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "mlps" / "servers.json"
+
+
+def _loopback_urls(host: str, port: int) -> list[str]:
+    """The loopback URLs a server bound to `host` answers on; none for an address elsewhere (the client sends a
+    recorded key to a loopback URL only)."""
+    if host in ("127.0.0.1", "localhost", "0.0.0.0", ""):
+        return [f"http://127.0.0.1:{port}"]
+    if host in ("::1", "[::1]"):
+        return [f"http://[::1]:{port}"]
+    if host in ("::", "[::]"):
+        return [f"http://[::1]:{port}", f"http://127.0.0.1:{port}"]
+    return []
+
+
+def _alive(pid: object) -> bool:
+    """Whether a recorded server's process still runs (one that was killed leaves its entry behind)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _recorded_servers() -> Iterator[dict[str, Any]]:
+    """The recorded servers (those still running), locked against servers starting or stopping at the same time,
+    and written back (mode 0600, atomically) when the block ends."""
+    import fcntl
+
+    path = _servers_file()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(path.with_name("servers.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = {}
+        entries = recorded.get("servers") if isinstance(recorded, dict) else None
+        servers = {url: entry for url, entry in (entries if isinstance(entries, dict) else {}).items()
+                   if isinstance(entry, dict) and _alive(entry.get("pid"))}
+        yield servers
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, json.dumps({"version": 1, "servers": servers}, indent=2).encode() + b"\n")
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+
+@contextmanager
+def _recorded(settings: Settings) -> Iterator[None]:
+    """Record this process as the server of its loopback URLs, with its data dir, until the block ends."""
+    from service.server.auth import ADMIN_KEY_FILE
+
+    urls = _loopback_urls(settings.host, settings.port)
+    entry = {"data_dir": str(settings.data_dir.resolve()), "pid": os.getpid()}
+    # What was recorded before comes back on exit: a server that failed to bind must not erase the entry of the
+    # one that holds the port.
+    previous: dict[str, Any] = {}
+    if urls:
+        try:
+            with _recorded_servers() as servers:
+                previous = {url: servers[url] for url in urls if url in servers}
+                servers.update(dict.fromkeys(urls, entry))
+        except OSError as exc:
+            typer.echo(f"warning: cannot record this server in {_servers_file()} ({exc.strerror or exc}); client "
+                       f"commands elsewhere need MLPS_API_KEY_FILE={settings.data_dir.resolve() / ADMIN_KEY_FILE}",
+                       err=True)
+    try:
+        yield
+    finally:
+        if urls:
+            with suppress(OSError), _recorded_servers() as servers:
+                for url in urls:
+                    if servers.get(url, {}).get("pid") != os.getpid():
+                        continue
+                    if url in previous and _alive(previous[url].get("pid")):
+                        servers[url] = previous[url]
+                    else:
+                        del servers[url]
+
+
 @app.command()
 def migrate(data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
     """Create or upgrade the database schema to the newest version."""
@@ -130,8 +237,9 @@ def api(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = None,
     _logging(settings)
     _check_schema(settings)
     _bootstrap_admin_key(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                **_uvicorn_logging(settings))
+    with _recorded(settings):
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                    **_uvicorn_logging(settings))
 
 
 @app.command()
@@ -171,21 +279,78 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run_migrations(settings.database_url)
     _bootstrap_admin_key(settings)
-    worker_proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--devices", devices],
-                                   env=_env_for(settings))
+    worker = EmbeddedWorker([sys.executable, "-m", "service.cli", "worker", "--devices", devices],
+                            env=_env_for(settings))
+    worker.start()
     # uvicorn re-raises the SIGTERM it caught once it has shut down; turn that into SystemExit so that
     # the worker below is always stopped too.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                    **_uvicorn_logging(settings))
+        with _recorded(settings):
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                        **_uvicorn_logging(settings))
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
+        worker.stop()
+
+
+class EmbeddedWorker:
+    """`mlps serve`'s worker process, restarted whenever it dies (with backoff: 0.5 s, 1 s, … 30 s; the backoff
+    resets once a worker has lived a minute), so that one crash does not leave queued jobs waiting for ever."""
+
+    HEALTHY_AFTER_S = 60.0
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        import threading
+
+        self.command = command
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="mlps-worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if not self._stopping.is_set():
+                self.proc = subprocess.Popen(self.command, env=self.env)
+
+    def _watch(self) -> None:
+        import time
+
+        from service.server.faults import Backoff
+
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            proc = self.proc
+            assert proc is not None  # spawned in start()
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= self.HEALTHY_AFTER_S:
+                backoff.succeeded()
+            delay = backoff.failed()
+            typer.echo(f"the worker process exited (code {code}); starting a new one in {delay:.1f} s", err=True)
+            if self._stopping.wait(delay):
+                return
+            self._spawn()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            proc = self.proc
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
         try:
-            worker_proc.wait(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            worker_proc.kill()
-            worker_proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 keys_app = typer.Typer(help="API keys (run on the server: they act on its database directly).", no_args_is_help=True)
@@ -214,23 +379,28 @@ def keys_list(include_revoked: Annotated[bool, typer.Option("--all", help="Also 
               as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table")] = False,
               data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
     """Keys: id, owner, prefix, admin, created, last used, revoked (never the key itself)."""
-    import json
-
     from service.server.auth import list_keys
 
     with _database(_settings(data_dir=data_dir, database_url=database_url)) as session:
-        rows = [{"id": k.id, "name": k.name, "prefix": k.prefix, "admin": k.admin,
-                 "created_at": k.created_at.isoformat(timespec="seconds"),
-                 "last_used_at": k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else None,
-                 "revoked_at": k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else None}
-                for k in list_keys(session, include_revoked=include_revoked)]
+        rows: list[dict[str, Any]] = [
+            {"id": k.id, "name": k.name, "prefix": k.prefix, "admin": k.admin,
+             "created_at": k.created_at.isoformat(timespec="seconds"),
+             "last_used_at": k.last_used_at.isoformat(timespec="seconds") if k.last_used_at else None,
+             "revoked_at": k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else None}
+            for k in list_keys(session, include_revoked=include_revoked)]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "name", "prefix", "admin", "created", "last used", "revoked")
+    # `mlps keys revoke` takes the id or the prefix: on a narrow terminal these two stay whole on one line.
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=max((len(r["id"]) for r in rows), default=2))
+    table.add_column("name")
+    table.add_column("prefix", no_wrap=True, min_width=max((len(r["prefix"]) + 1 for r in rows), default=6))
+    for header in ("admin", "created", "last used", "revoked"):
+        table.add_column(header)
     for r in rows:
         table.add_row(r["id"], r["name"], r["prefix"] + "…", "yes" if r["admin"] else "", r["created_at"],
                       r["last_used_at"] or "", r["revoked_at"] or "")

@@ -54,6 +54,16 @@ class Settings(BaseSettings):
                                    "checkpoint are written; 0 writes after every epoch")
     reap_every_s: float = Field(default=5.0, gt=0, description="How often the API and workers requeue lost jobs")
 
+    # Storage upkeep and faults
+    min_free_bytes: int = Field(default=64 << 20, ge=0, description="Below this much free space in data_dir, "
+                                "/readyz answers 503 and workers claim no new job")
+    temp_max_age_s: float = Field(default=3600.0, gt=0, description="Temporary files untouched this long are "
+                                  "abandoned (a killed upload or scoring) and removed")
+    checkpoint_keep_s: float = Field(default=24 * 3600.0, ge=0, description="How long the checkpoints of an "
+                                     "ended job are kept")
+    sweep_every_s: float = Field(default=600.0, gt=0, description="How often the API removes abandoned "
+                                 "temporary files and old checkpoints (also once at startup)")
+
     # Predict
     model_cache_size: int = Field(default=16, ge=1)
     max_predict_records: int = Field(default=10_000, ge=1)

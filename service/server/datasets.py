@@ -2,6 +2,7 @@
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -24,14 +25,15 @@ def clean_name(name: str | None, fallback: str) -> str:
 
 
 def create(*, session: Session, storage: Storage, upload_path: Path, name: str, size_bytes: int, sha256: str,
-           owner: str, max_columns: int, max_rows: int, max_array_bytes: int) -> Dataset:
+           owner: str, max_columns: int, max_rows: int, max_array_bytes: int,
+           cancelled: Callable[[], bool] | None = None) -> Dataset:
     """Parse the uploaded file; store it as Parquet and register it. A bad file leaves nothing behind."""
     dataset_id = new_id("ds")
     staged = storage.temp_path(".parquet")
     try:
         try:
             result = ingest.ingest(upload_path, staged, max_columns=max_columns, max_rows=max_rows,
-                              max_array_bytes=max_array_bytes)
+                                   max_array_bytes=max_array_bytes, cancelled=cancelled)
         except ingest.DataError as exc:
             errors = [{"column": exc.column, "message": str(exc)}] if exc.column else [
                 {"field": "file", "message": str(exc)}]

@@ -4,10 +4,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy import DateTime, Dialect, Engine, MetaData, create_engine, event, make_url, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -22,20 +28,20 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp, also on SQLite (which stores it naive)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTCDateTime column")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -57,7 +63,7 @@ def make_engine(url: str) -> Engine:
                                max_overflow=10)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:
+        def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             # Autocommit off in the driver would wrap PRAGMA journal_mode in a transaction.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -88,7 +94,7 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def alembic_config(url: str):
+def alembic_config(url: str) -> "Config":
     """Alembic configuration for `url`, pointing at the migrations shipped with the package."""
     from alembic.config import Config
 
@@ -107,7 +113,7 @@ def migrate(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
-def schema_revisions(engine: Engine) -> tuple[str | None, str]:
+def schema_revisions(engine: Engine) -> tuple[str | None, str | None]:
     """(the database's current revision, the code's head revision)."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -130,3 +136,10 @@ def require_schema_at_head(engine: Engine) -> None:
             f"the database schema is at {current or 'nothing (empty database)'}, the code needs {head}; "
             "run `mlps migrate` first"
         )
+
+
+def probe_write(engine: Engine) -> None:
+    """A committed write that changes nothing: raises when the database is read-only, full or locked. (A rolled
+    back one would prove little: SQLite in WAL mode only touches its files at commit.)"""
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = version_num"))

@@ -3,6 +3,7 @@
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.server.logs import request_id_var
 
@@ -37,10 +39,13 @@ PROBLEM_DESCRIPTIONS = {
     403: "Needs an admin key",
     404: "No such resource, or another owner's",
     409: "Conflicts with the resource's current state",
+    410: "The model's files are gone from the server (removed or not restored); its record remains",
     413: "Upload larger than the limit",
     415: "Not a multipart/form-data upload",
     422: "Invalid input: parameters, body or uploaded data; names the field or column",
     429: "Too many requests with this key, or too many queued and running jobs; see Retry-After",
+    503: "The database is unavailable just now (down, read-only or locked); nothing was changed; see Retry-After",
+    507: "The server's storage is full; nothing was stored",
 }
 
 
@@ -75,6 +80,10 @@ class Conflict(ServiceError):
     status, slug, title = 409, "conflict", "Conflict"
 
 
+class Gone(ServiceError):
+    status, slug, title = 410, "gone", "Gone"
+
+
 class InvalidInput(ServiceError):
     status, slug, title = 422, "invalid-input", "Invalid input"
 
@@ -93,6 +102,14 @@ class Unauthorized(ServiceError):
 
 class Forbidden(ServiceError):
     status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class Unavailable(ServiceError):
+    status, slug, title = 503, "unavailable", "Service unavailable"
+
+
+class InsufficientStorage(ServiceError):
+    status, slug, title = 507, "insufficient-storage", "Insufficient storage"
 
 
 class TooManyRequests(ServiceError):
@@ -134,10 +151,10 @@ class RequestId:
     """ASGI middleware: the request's id (the client's x-request-id when it matches REQUEST_ID, else a new one) for
     logs, error bodies and the x-request-id response header. Plain ASGI: no extra task or body copy per request."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -147,7 +164,7 @@ class RequestId:
         request_id_var.set(rid)
         raw = rid.encode("latin-1")
 
-        async def send_with_id(message) -> None:
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw)]
             await send(message)
@@ -155,13 +172,31 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Render every error, ours or the framework's, in the same problem shape."""
+def install_error_handlers(app: FastAPI, classify: Callable[[BaseException], ServiceError | None] | None = None,
+                           fault_types: tuple[type[Exception], ...] = ()) -> None:
+    """Render every error, ours or the framework's, in the same problem shape. `classify` turns a server-side
+    fault (a full disk, an unavailable database: exceptions of `fault_types`) into the ServiceError a client should
+    see instead of a 500."""
     app.add_middleware(RequestId)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return problem(exc.status, exc.slug, exc.title, exc.detail, request, exc.errors, exc.headers)
+
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        # Registered per exception type (not for Exception), so that it runs inside the middleware and the answer
+        # keeps its x-request-id.
+        fault = classify(exc) if classify is not None else None
+        rid = getattr(request.state, "request_id", None)
+        if fault is None:
+            log.exception("unhandled error (request_id=%s)", rid)
+            return problem(500, "internal-error", "Internal server error",
+                           f"an unexpected error occurred; quote request id {rid} when reporting it", request)
+        log.warning("%s (request_id=%s): %s", fault.title, rid, exc)
+        return problem(fault.status, fault.slug, fault.title, fault.detail, request, fault.errors, fault.headers)
+
+    for fault_type in fault_types:
+        app.add_exception_handler(fault_type, _fault)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,24 +1,38 @@
 """Trained models: lookup, an in-memory cache of loaded networks, and inference."""
 
+import os
 import threading
+import time
 import zipfile
 from collections import OrderedDict
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from torch import nn
 
 from service.server.auth import Principal, can_see, visible
-from service.server.errors import InvalidInput, NotFound
+from service.server.errors import Gone, InvalidInput, NotFound
 from service.server.storage import Storage
 from service.server.tables import Model
 from service.training import ingest
 from service.training import pipeline as P
 from service.training.artifact import META, WEIGHTS, ModelMeta, load_model
 from service.training.features import records_to_table
+
+# How long a cached model is trusted before its folder is looked at again: a model deleted through another API
+# process, or whose files were removed by hand, stops answering here within this time.
+REVALIDATE_S = 1.0
+ZIP_CHUNK_BYTES = 1 << 20
+
+
+def _gone(model_id: str) -> Gone:
+    return Gone(f"model '{model_id}' has no files on the server any more (deleted, or removed from the data "
+                "directory and not restored); train it again, or restore its folder models/" + model_id,
+                errors=[{"field": "model_id", "message": "the model's files are missing"}])
 
 
 class ModelCache:
@@ -28,6 +42,7 @@ class ModelCache:
         self.storage = storage
         self.size = size
         self._items: OrderedDict[str, tuple[nn.Module, ModelMeta]] = OrderedDict()
+        self._checked: dict[str, float] = {}  # model id -> when its folder was last seen
         self._owners: dict[str, str] = {}  # model id -> owner; a model never changes hands
         self._lock = threading.Lock()
 
@@ -41,31 +56,118 @@ class ModelCache:
                 self._owners.clear()
             self._owners[model.id] = model.owner
 
+    def _present(self, model_id: str) -> bool:
+        return (self.storage.model_dir(model_id) / META).is_file()
+
     def get(self, model_id: str) -> tuple[nn.Module, ModelMeta]:
+        """The loaded model; Gone (410) when its files are missing, also for a copy cached before they went."""
+        now = time.monotonic()
         with self._lock:
-            if model_id in self._items:
+            item = self._items.get(model_id)
+            if item is not None and now - self._checked.get(model_id, 0.0) < REVALIDATE_S:
                 self._items.move_to_end(model_id)
-                return self._items[model_id]
-        loaded = load_model(self.storage.model_dir(model_id))
+                return item
+        if not self._present(model_id):
+            self.forget(model_id)
+            raise _gone(model_id)
+        if item is not None:
+            with self._lock:
+                self._checked[model_id] = now
+            return item
+        try:
+            loaded = load_model(self.storage.model_dir(model_id))
+        except FileNotFoundError:
+            raise _gone(model_id) from None
         with self._lock:
             self._items[model_id] = loaded
+            self._checked[model_id] = now
             while len(self._items) > self.size:
-                self._items.popitem(last=False)
+                evicted, _ = self._items.popitem(last=False)
+                self._checked.pop(evicted, None)
         return loaded
 
     def forget(self, model_id: str) -> None:
         with self._lock:
             self._items.pop(model_id, None)
+            self._checked.pop(model_id, None)
+            self._owners.pop(model_id, None)
 
 
-def package(storage: Storage, model: Model) -> Path:
-    """A temporary zip of the model's folder (safetensors + JSON); the caller removes it."""
+def files_present(storage: Storage, model: Model) -> Model:
+    """The model, or Gone (410) when its folder is missing."""
+    if not (storage.model_dir(model.id) / META).is_file():
+        raise _gone(model.id)
+    return model
+
+
+class _ZipSink:
+    """A write-only, unseekable file for zipfile: what it is given waits in a buffer until taken."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = bytes(self.buffer)
+        self.buffer.clear()
+        return out
+
+
+def package(storage: Storage, model: Model) -> Iterator[bytes]:
+    """The model's folder (safetensors + JSON) as a zip, built while it is sent: no file is left behind when
+    the client goes away mid-download. Both files are opened before the first byte goes out."""
     folder = storage.model_dir(model.id)
-    path = storage.temp_path(".zip")
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.write(folder / WEIGHTS, WEIGHTS, compress_type=zipfile.ZIP_STORED)
-        archive.write(folder / META, META, compress_type=zipfile.ZIP_DEFLATED)
-    return path
+    try:
+        sources = [(open(folder / WEIGHTS, "rb"), WEIGHTS, zipfile.ZIP_STORED),  # noqa: SIM115 (closed below)
+                   (open(folder / META, "rb"), META, zipfile.ZIP_DEFLATED)]  # noqa: SIM115
+    except FileNotFoundError:
+        raise _gone(model.id) from None
+
+    def chunks() -> Iterator[bytes]:
+        sink = _ZipSink()
+        try:
+            with zipfile.ZipFile(sink, "w") as archive:
+                for src, name, method in sources:
+                    info = zipfile.ZipInfo(name, date_time=time.localtime(os.fstat(src.fileno()).st_mtime)[:6])
+                    info.compress_type = method
+                    with archive.open(info, "w", force_zip64=True) as dest:
+                        while block := src.read(ZIP_CHUNK_BYTES):
+                            dest.write(block)
+                            yield sink.take()
+            yield sink.take()
+        finally:
+            for src, _, _ in sources:
+                src.close()
+
+    return chunks()
+
+
+def delete(*, session: Session, cache: ModelCache, model: Model) -> None:
+    """Delete a model: its row now, its files and cache entry once the transaction commits (other API
+    processes stop serving it within REVALIDATE_S)."""
+    session.delete(model)
+    session.flush()
+    model_id = model.id
+
+    def remove() -> None:
+        cache.storage.remove_model(model_id)
+        cache.forget(model_id)
+
+    session.info.setdefault("on_commit", []).append(remove)
 
 
 def get(*, session: Session, model_id: str, principal: Principal) -> Model:
@@ -87,25 +189,25 @@ def list_(*, session: Session, principal: Principal, limit: int, offset: int) ->
 
 
 def _inputs(meta: ModelMeta, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
-            max_records: int) -> np.ndarray:
+            max_records: int) -> NDArray[np.float32]:
     """The network's input matrix from `records` (tables) or `inputs` (array models), or InvalidInput."""
     is_array = meta.preprocessing.get("kind") == "array"
-    if is_array and inputs is None:
+    given = inputs if is_array else records
+    if given is None and is_array:
         shape = ", ".join(map(str, meta.preprocessing["shape"]))
         raise InvalidInput(f"this model was trained on arrays; send 'inputs' shaped [n, {shape}]",
                            errors=[{"field": "inputs", "message": "field required"}])
-    if not is_array and records is None:
+    if given is None:
         raise InvalidInput("send 'records': one object per row keyed by column name",
                            errors=[{"field": "records", "message": "field required"}])
-    given = inputs if is_array else records
     if len(given) > max_records:
         raise InvalidInput(f"{len(given)} records in one request; at most {max_records} are accepted",
                            errors=[{"field": "inputs" if is_array else "records",
                                     "message": f"at most {max_records} records"}])
     try:
         if is_array:
-            return P.inputs_from_arrays(inputs, meta)
-        return P.inputs_from_table(records_to_table(records, meta.preprocessing["features"]), meta)
+            return P.inputs_from_arrays(given, meta)
+        return P.inputs_from_table(records_to_table(given, meta.preprocessing["features"]), meta)
     except ingest.DataError as exc:
         raise InvalidInput(str(exc), errors=[{"field": "inputs" if is_array else "records", "column": exc.column,
                                               "message": str(exc)}]) from None
@@ -131,5 +233,6 @@ def embed(*, cache: ModelCache, model: Model, records: list[dict[str, Any]] | No
         raise InvalidInput(f"model '{model.id}' is a {model.model_type}; only autoencoders have embeddings",
                            errors=[{"field": "model_id", "message": "not an autoencoder"}])
     net, meta = cache.get(model.id)
+    assert isinstance(net, nn.Sequential)  # build_for makes every autoencoder a Sequential (encoder, decoder)
     X = _inputs(meta, records, inputs, max_records)
     return {"model_id": model.id, "embeddings": P.embed_inputs(net, X)}

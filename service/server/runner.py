@@ -7,28 +7,33 @@ import select
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session, sessionmaker
 
-from service.server import queue
+from service.server import faults, queue
 from service.server.config import Settings
 from service.server.db import make_engine, make_sessionmaker, session_scope
 from service.server.logs import configure as configure_logging
 from service.server.logs import job_id_var
-from service.server.spec import StoredSpec, read_spec
+from service.server.spec import StoredSpec, read_spec, required
 from service.server.storage import Storage, publish
 from service.server.tables import Dataset, Job, Model
 from service.training import ingest
 from service.training.artifact import ModelMeta, load_checkpoint, prune_checkpoints, save_checkpoint, save_model
 from service.training.ensemble import EnsembleConfig, EnsembleState, train_ensemble
 from service.training.features import Encoding, load_columns
-from service.training.loop import EpochReport, TrainConfig, TrainingError, TrainState, train
+from service.training.loop import EpochHook, EpochReport, TrainConfig, TrainingError, TrainResult, TrainState, train
 from service.training.nets import NetSpec, count_parameters
 from service.training.perceptron import train_perceptron
-from service.training.pipeline import SplitSpec, final_report, prepare, prepare_arrays
+from service.training.pipeline import Prepared, SplitSpec, final_report, prepare, prepare_arrays
 
 log = logging.getLogger("mlps.runner")
+
+# The snapshot a job resumes from: the ensemble's or a single network's, as its checkpoint's kind says.
+Resume = TrainState | EnsembleState
 
 
 def _feature_schema(preprocessing: dict[str, Any]) -> list[dict[str, Any]]:
@@ -36,7 +41,7 @@ def _feature_schema(preprocessing: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"name": "X", "kind": "tensor", "shape": preprocessing["shape"]}]
     out = []
     for f in preprocessing["features"]:
-        item = {"name": f["name"], "kind": f["kind"]}
+        item: dict[str, Any] = {"name": f["name"], "kind": f["kind"]}
         if f["kind"] == "categorical":
             item["categories"] = f["categories"]
         out.append(item)
@@ -59,6 +64,10 @@ def run_job(settings_json: str, job_id: str, token: str, device: str, device_des
     except queue.LeaseLost:
         log.warning("job %s: lease lost; another attempt owns it now, stopping", job_id)
     except Exception as exc:
+        if faults.database_unavailable(exc):
+            log.warning("job %s: the database failed under it (%s); handing it back to resume from its last "
+                        "checkpoint", job_id, exc)
+            raise SystemExit(faults.HAND_BACK_EXIT) from None
         log.exception("job %s: unexpected error", job_id)
         with contextlib.suppress(queue.LeaseLost):
             _fail(sessions, job_id, token, f"internal error while training ({type(exc).__name__}: {exc}); "
@@ -110,7 +119,7 @@ def _set_threads(configured: int, work: int) -> int:
     return threads
 
 
-def _fail(sessions, job_id: str, token: str, message: str) -> None:
+def _fail(sessions: sessionmaker[Session], job_id: str, token: str, message: str) -> None:
     with session_scope(sessions) as s:
         queue.fail(session=s, job_id=job_id, token=token, error=message)
 
@@ -120,7 +129,8 @@ class Progress:
     transaction at most every `progress_flush_s` (and at the end), so that tiny epochs do not each pay
     for a commit and a checkpoint, and a resumed attempt never finds rows past its checkpoint."""
 
-    def __init__(self, settings: Settings, sessions, job_id: str, token: str, folder) -> None:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], job_id: str, token: str,
+                 folder: Path) -> None:
         self.settings, self.sessions, self.job_id, self.token, self.folder = settings, sessions, job_id, token, folder
         self.rows: list[tuple[int, dict[str, Any]]] = []
         self.pending: dict[str, Any] | None = None
@@ -130,7 +140,7 @@ class Progress:
     def due(self) -> bool:
         return time.monotonic() - self.last_flush >= self.settings.progress_flush_s
 
-    def checkpoint(self, state: Any, history: list[dict[str, Any]], kind: str) -> None:
+    def checkpoint(self, state: Resume, history: list[dict[str, Any]], kind: str) -> None:
         """Write the files now; the database points at them when the epoch's metrics are flushed."""
         name = f"{self.token[:8]}-{state.epoch}"
         save_checkpoint(self.folder, name, state, {"history": history, "kind": kind})
@@ -153,7 +163,8 @@ class Progress:
             prune_checkpoints(self.folder, keep=pending["file"])
 
 
-def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | None, kind: str):
+def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | None,
+                  kind: str) -> tuple[Resume | None, list[dict[str, Any]]]:
     """(snapshot, history) of the checkpoint the database points at, or (None, []) to start afresh."""
     if not checkpoint:
         return None, []
@@ -161,7 +172,7 @@ def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | No
         fields, extra = load_checkpoint(storage.checkpoint_dir(job_id), checkpoint["file"])
         if extra.get("kind", "network") != kind:
             raise ValueError(f"a {extra.get('kind', 'network')} checkpoint for a {kind} job")
-        state = EnsembleState(**fields) if kind == "ensemble" else TrainState(**fields)
+        state: Resume = EnsembleState(**fields) if kind == "ensemble" else TrainState(**fields)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("job %s: checkpoint %s unreadable (%s); starting from epoch 0", job_id, checkpoint, exc)
         return None, []
@@ -172,10 +183,13 @@ class _Stop(Exception):
     """The job ends here with this message (bad data, diverged, out of memory, time limit)."""
 
 
-def _load(sessions, storage: Storage, job_id: str, token: str, device_description: str):
+def _load(sessions: sessionmaker[Session], storage: Storage, job_id: str, token: str,
+          device_description: str) -> tuple[StoredSpec, Dataset | None, Resume | None, list[dict[str, Any]]]:
     """The job's resolved spec, its data set row and the point to resume from; the attempt is recorded."""
     with session_scope(sessions) as s:
         job = s.get(Job, job_id)
+        if job is None:
+            raise RuntimeError(f"job {job_id} is not in the database")
         dataset = s.get(Dataset, job.dataset_id) if job.dataset_id else None
         spec, checkpoint = read_spec(job.spec), job.checkpoint
         if dataset is not None:
@@ -193,11 +207,12 @@ def _kind(spec: StoredSpec) -> str:
     return "ensemble" if spec.model.type == "ensemble" else "network"
 
 
-def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage):
+def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage) -> Prepared:
     """The data set's rows as training arrays, split and preprocessed as the spec says."""
     training = spec.training
-    split = SplitSpec(validation_fraction=training.validation_fraction, test_fraction=training.test_fraction,
-                      seed=training.seed)
+    split = SplitSpec(validation_fraction=required(training.validation_fraction, "training.validation_fraction"),
+                      test_fraction=required(training.test_fraction, "training.test_fraction"),
+                      seed=required(training.seed, "training.seed"))
     path = storage.dataset_file(dataset.id, dataset.format)
     if dataset.format == "npz":
         return prepare_arrays(ingest.load_arrays(path), task=spec.task, split=split,
@@ -217,32 +232,44 @@ def encoding_for(spec: StoredSpec) -> Encoding:
     return Encoding(missing_indicators=True, bins=spec.model.bins or 0, min_category_rows=2)
 
 
+def _pair(values: list[float] | None, name: str) -> tuple[float, float]:
+    """A [low, high] range of the spec (the schema checks its length)."""
+    low, high = required(values, name)
+    return low, high
+
+
 def ensemble_config(spec: StoredSpec) -> EnsembleConfig:
     model, training = spec.model, spec.training
-    return EnsembleConfig(members=model.members, folds=model.folds, hidden_layers=tuple(model.hidden_layers),
-                          activation=model.activation, linear_skip=bool(model.linear_skip), epochs=training.epochs,
-                          batch_size=training.batch_size,
-                          learning_rate_range=tuple(training.learning_rate_range),
-                          weight_decay_range=tuple(training.weight_decay_range),
-                          dropout_range=tuple(model.dropout_range),
-                          early_stopping_patience=training.early_stopping_patience,
-                          gradient_clip_norm=training.gradient_clip_norm, seed=training.seed)
+    return EnsembleConfig(members=required(model.members, "model.members"), folds=required(model.folds, "model.folds"),
+                          hidden_layers=tuple(required(model.hidden_layers, "model.hidden_layers")),
+                          activation=required(model.activation, "model.activation"),
+                          linear_skip=bool(model.linear_skip), epochs=required(training.epochs, "training.epochs"),
+                          batch_size=required(training.batch_size, "training.batch_size"),
+                          learning_rate_range=_pair(training.learning_rate_range, "training.learning_rate_range"),
+                          weight_decay_range=_pair(training.weight_decay_range, "training.weight_decay_range"),
+                          dropout_range=_pair(model.dropout_range, "model.dropout_range"),
+                          early_stopping_patience=required(training.early_stopping_patience,
+                                                           "training.early_stopping_patience"),
+                          gradient_clip_norm=training.gradient_clip_norm, seed=required(training.seed, "training.seed"))
 
 
-def _train(spec: StoredSpec, prepared, device: str, hook, resume, history):
+def _train(spec: StoredSpec, prepared: Prepared, device: str, hook: EpochHook, resume: Resume | None,
+           history: list[dict[str, Any]]) -> TrainResult:
     model = spec.model
     if model.type == "perceptron":
         return train_perceptron(prepared.data, TrainConfig.from_dict(spec.training.model_dump()), on_epoch=hook)
+    # _resume_point reads a checkpoint only of the job's own kind
     if model.type == "ensemble":
-        return train_ensemble(prepared.data, ensemble_config(spec), device=device, on_epoch=hook, resume=resume,
-                              history=history)
-    net_spec = NetSpec(type=model.type, hidden_layers=tuple(model.hidden_layers), activation=model.activation,
-                       dropout=float(model.dropout), batch_norm=bool(model.batch_norm))
+        return train_ensemble(prepared.data, ensemble_config(spec), device=device, on_epoch=hook,
+                              resume=resume if isinstance(resume, EnsembleState) else None, history=history)
+    net_spec = NetSpec(type=model.type, hidden_layers=tuple(required(model.hidden_layers, "model.hidden_layers")),
+                       activation=required(model.activation, "model.activation"),
+                       dropout=float(required(model.dropout, "model.dropout")), batch_norm=bool(model.batch_norm))
     return train(prepared.data, net_spec, TrainConfig.from_dict(spec.training.model_dump()), device=device,
-                 on_epoch=hook, resume=resume, history=history)
+                 on_epoch=hook, resume=resume if isinstance(resume, TrainState) else None, history=history)
 
 
-def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], stop: dict[str, str]):
+def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], stop: dict[str, str]) -> EpochHook:
     """The runner's answer to each epoch report: checkpoint when due, queue the metrics, stop on cancel or on
     the job's time limit."""
     started = time.perf_counter()
@@ -266,7 +293,7 @@ def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], s
     return on_epoch
 
 
-def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str, device: str,
+def _run(settings: Settings, sessions: sessionmaker[Session], storage: Storage, job_id: str, token: str, device: str,
          device_description: str) -> None:
     spec, dataset, resume, history = _load(sessions, storage, job_id, token, device_description)
     if dataset is None:
@@ -311,17 +338,20 @@ def _run(settings: Settings, sessions, storage: Storage, job_id: str, token: str
     log.info("job %s succeeded (data %.2f s, total %.2f s)", job_id, data_seconds, time.perf_counter() - started)
 
 
-def _step_work(spec: StoredSpec, prepared) -> int:
+def _step_work(spec: StoredSpec, prepared: Prepared) -> int:
     """Weights × batch size × members: how much one minibatch step can share out between threads."""
-    hidden = spec.model.hidden_layers if spec.model.type in ("mlp", "autoencoder", "ensemble") else []
-    width = [prepared.data.X_train.shape[1], *hidden, prepared.data.n_outputs]
+    model = spec.model
+    layered = model.type in ("mlp", "autoencoder", "ensemble")
+    hidden = required(model.hidden_layers, "model.hidden_layers") if layered else []
+    n_inputs: int = prepared.data.X_train.shape[1]
+    width = [n_inputs, *hidden, prepared.data.n_outputs]
     weights = sum(a * b for a, b in zip(width, width[1:], strict=False))
-    members = spec.model.members if spec.model.type == "ensemble" else 1
+    members = required(model.members, "model.members") if model.type == "ensemble" else 1
     rows = len(prepared.data.X_train) + len(prepared.data.X_val)
-    return weights * members * min(spec.training.batch_size, max(rows, 1))
+    return weights * members * min(required(spec.training.batch_size, "training.batch_size"), max(rows, 1))
 
 
-def kept_figures(result, history: list[dict[str, Any]]) -> dict[str, Any]:
+def kept_figures(result: TrainResult, history: list[dict[str, Any]]) -> dict[str, Any]:
     """The kept model's validation figures: the ensemble's own, else the kept epoch's row."""
     if result.kept_metrics is not None:
         return {"epoch": len(history), **result.kept_metrics}
@@ -329,8 +359,9 @@ def kept_figures(result, history: list[dict[str, Any]]) -> dict[str, Any]:
     return {"epoch": kept, **{k: v for k, v in history[kept - 1].items() if not k.startswith("member")}}
 
 
-def _publish(sessions, storage: Storage, job_id: str, token: str, spec: StoredSpec, dataset: Dataset, prepared,
-             result, report: dict[str, Any], device: str, facts: dict[str, Any]) -> None:
+def _publish(sessions: sessionmaker[Session], storage: Storage, job_id: str, token: str, spec: StoredSpec,
+             dataset: Dataset, prepared: Prepared, result: TrainResult, report: dict[str, Any], device: str,
+             facts: dict[str, Any]) -> None:
     """Write the model folder, then mark the job succeeded with the model row in one transaction."""
     final = {**kept_figures(result, result.history), **report}
     model_id = queue.new_id("mdl")

@@ -3,10 +3,12 @@
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.server.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia, problem
 
@@ -15,12 +17,25 @@ MAX_TEXT_FIELD = 1024
 
 
 def multipart_body(file_description: str, example: dict[str, str],
-                   extra: dict[str, dict[str, str]] | None = None) -> dict:
+                   extra: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """OpenAPI `requestBody` for an endpoint that streams a multipart part named 'file' (plus small text parts)."""
     properties = {FILE_FIELD: {"type": "string", "format": "binary", "description": file_description}, **(extra or {})}
     schema = {"type": "object", "required": [FILE_FIELD], "properties": properties}
     return {"requestBody": {"required": True,
                             "content": {"multipart/form-data": {"schema": schema, "example": example}}}}
+
+
+@dataclass
+class _Parts:
+    """What the parser's callbacks have seen so far: the current part's headers and name, a text part's value."""
+
+    headers: dict[str, bytes] = field(default_factory=dict)
+    header: bytes = b""
+    value: bytes = b""
+    name: str | None = None
+    text: bytes = b""
+    done: bool = False
+    seen_file: bool = False
 
 
 @dataclass
@@ -41,37 +56,36 @@ async def receive_file(request: Request, dest: Path, *, max_bytes: int) -> Uploa
         )
     upload = Upload()
     hasher = hashlib.sha256()
-    state: dict = {"headers": {}, "header": b"", "value": b"", "name": None, "text": b"", "done": False,
-                   "seen_file": False}
+    state = _Parts()
     out = open(dest, "wb")  # noqa: SIM115 (closed in finally; written by parser callbacks)
 
     def on_part_begin() -> None:
-        state.update(headers={}, header=b"", value=b"", name=None, text=b"")
+        state.headers, state.header, state.value, state.name, state.text = {}, b"", b"", None, b""
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header"] += data[start:end]
+        state.header += data[start:end]
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
+        state.value += data[start:end]
 
     def on_header_end() -> None:
-        state["headers"][state["header"].decode("latin-1").lower()] = state["value"]
-        state["header"], state["value"] = b"", b""
+        state.headers[state.header.decode("latin-1").lower()] = state.value
+        state.header, state.value = b"", b""
 
     def on_headers_finished() -> None:
-        _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
-        state["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
-        if state["name"] == FILE_FIELD:
-            if state["seen_file"]:
+        _, disp = parse_options_header(state.headers.get("content-disposition", b""))
+        state.name = disp.get(b"name", b"").decode("utf-8", "replace")
+        if state.name == FILE_FIELD:
+            if state.seen_file:
                 raise InvalidInput("send one file per upload",
                                    errors=[{"field": FILE_FIELD, "message": "more than one file part"}])
-            state["seen_file"] = True
+            state.seen_file = True
             raw = disp.get(b"filename")
             upload.filename = raw.decode("utf-8", "replace") if raw is not None else None
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
-        if state["name"] == FILE_FIELD:
+        if state.name == FILE_FIELD:
             upload.size += len(chunk)
             if upload.size > max_bytes:
                 raise PayloadTooLarge(
@@ -80,15 +94,15 @@ async def receive_file(request: Request, dest: Path, *, max_bytes: int) -> Uploa
                 )
             hasher.update(chunk)
             out.write(chunk)
-        elif len(state["text"]) + len(chunk) <= MAX_TEXT_FIELD:
-            state["text"] += chunk
+        elif len(state.text) + len(chunk) <= MAX_TEXT_FIELD:
+            state.text += chunk
 
     def on_part_end() -> None:
-        if state["name"] and state["name"] != FILE_FIELD:
-            upload.fields[state["name"]] = state["text"].decode("utf-8", "replace")
+        if state.name and state.name != FILE_FIELD:
+            upload.fields[state.name] = state.text.decode("utf-8", "replace")
 
     def on_end() -> None:
-        state["done"] = True
+        state.done = True
 
     parser = MultipartParser(params[b"boundary"], {
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
@@ -104,16 +118,18 @@ async def receive_file(request: Request, dest: Path, *, max_bytes: int) -> Uploa
                            errors=[{"field": FILE_FIELD, "message": "incomplete multipart body"}]) from None
     except (InvalidInput, PayloadTooLarge):
         raise
+    except OSError:  # writing to our own disk failed (e.g. full): a server fault, not a malformed body
+        raise
     except Exception as exc:  # the multipart parser's own errors, e.g. a header line over its 4 KiB limit
         raise InvalidInput(f"the multipart body could not be read: {exc}; send it as `curl -F file=@data.csv` "
                            "does, with each part header (the file name included) under 4 KiB",
                            errors=[{"field": FILE_FIELD, "message": f"malformed multipart body: {exc}"}]) from None
     finally:
         out.close()
-    if not state["done"]:
+    if not state.done:
         raise InvalidInput("the upload was cut off before its end; send it again",
                            errors=[{"field": FILE_FIELD, "message": "incomplete multipart body"}])
-    if not state["seen_file"]:
+    if not state.seen_file:
         raise InvalidInput("no file in the upload; send it in a part named 'file' (curl -F file=@data.csv ...)",
                            errors=[{"field": FILE_FIELD, "message": "field required"}])
     upload.sha256 = hasher.hexdigest()
@@ -124,11 +140,11 @@ class BodyLimit:
     """ASGI middleware: a request body other than a multipart upload (those stream under max_upload_bytes)
     larger than max_bytes gets 413, from its Content-Length before it is read, else as soon as it passes."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -145,7 +161,7 @@ class BodyLimit:
             return
         seen = 0
 
-        async def counted():
+        async def counted() -> Message:
             nonlocal seen
             msg = await receive()
             if msg["type"] == "http.request":

@@ -4,10 +4,13 @@ column summaries a data set shows, previews, and the task a target implies.
 Pure pyarrow + numpy: no database, no HTTP. What a trained model does with the columns is in `features`.
 """
 
+import errno
 import math
 import os
 import re
 import zipfile
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from numpy.typing import NDArray
 
 SNIFF_BYTES = 64 * 1024
 # The streaming CSV reader holds about a dozen blocks' worth of buffers: 1 MiB blocks keep an upload's peak
@@ -157,6 +161,12 @@ def check_header(names: list[str], max_columns: int | None = None) -> None:
         seen.add(name)
 
 
+def disk_full(exc: BaseException) -> bool:
+    """A write failed for want of space: the server's fault, never reported as a problem with the data."""
+    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        "no space left on device" in str(exc).lower()
+
+
 # ---------------------------------------------------------------- CSV errors: one wording for uploads and scoring
 
 _CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+)(?:: invalid value '(.*)')?")
@@ -194,7 +204,8 @@ def unreadable_csv(message: str, delimiter: str | None = ",") -> DataError:
 
 
 
-def _csv_batches(path: Path, delimiter: str, column_types: dict[str, pa.DataType]):
+def _csv_batches(path: Path, delimiter: str,
+                 column_types: dict[str, pa.DataType]) -> tuple[list[str], Iterable[pa.RecordBatch]]:
     reader = pacsv.open_csv(
         path,
         read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
@@ -204,13 +215,15 @@ def _csv_batches(path: Path, delimiter: str, column_types: dict[str, pa.DataType
     return reader.schema.names, reader
 
 
-def _write_batches(names: list[str], batches, dest: Path, max_columns: int, max_rows: int | None) -> int:
+def _write_batches(names: list[str], batches: Iterable[pa.RecordBatch], dest: Path, max_columns: int,
+                   max_rows: int | None) -> int:
     check_header(names, max_columns)
     writer = None
     n_rows = 0
     pending: list[pa.RecordBatch] = []  # small CSV blocks gathered into row groups of ROW_GROUP_ROWS
     try:
         for batch in batches:
+            _stop_if_cancelled()
             batch = _normalise_batch(batch)
             if writer is None:
                 writer = pq.ParquetWriter(dest, batch.schema, compression="zstd")
@@ -223,7 +236,7 @@ def _write_batches(names: list[str], batches, dest: Path, max_columns: int, max_
             if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                 writer.write_table(pa.Table.from_batches(pending))
                 pending = []
-        if pending:
+        if pending and writer is not None:
             writer.write_table(pa.Table.from_batches(pending))
     finally:
         if writer is not None:
@@ -273,6 +286,8 @@ def _write_parquet(path: Path, dest: Path, max_columns: int, max_rows: int | Non
         names = src.schema_arrow.names
         return _write_batches(names, src.iter_batches(batch_size=65536), dest, max_columns, max_rows)
     except (pa.ArrowInvalid, OSError) as exc:
+        if disk_full(exc):
+            raise
         raise DataError(f"the file looks like Parquet but could not be read: {exc}") from None
 
 
@@ -345,9 +360,33 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+class Cancelled(Exception):
+    """The caller gave up on this ingest (its client went away); nothing was kept."""
+
+
+_cancelled: ContextVar[Callable[[], bool] | None] = ContextVar("ingest_cancelled", default=None)
+
+
+def _stop_if_cancelled() -> None:
+    check = _cancelled.get()
+    if check is not None and check():
+        raise Cancelled()
+
+
 def ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None = None,
-           max_array_bytes: int | None = None) -> IngestResult:
-    """Parse an uploaded file, write it to `dest` as Parquet, and describe its columns."""
+           max_array_bytes: int | None = None,
+           cancelled: Callable[[], bool] | None = None) -> IngestResult:
+    """Parse an uploaded file, write it to `dest` as Parquet, and describe its columns. `cancelled` is asked
+    between batches whether to give up (Cancelled, and nothing is kept)."""
+    token = _cancelled.set(cancelled)
+    try:
+        return _ingest(src, dest, max_columns=max_columns, max_rows=max_rows, max_array_bytes=max_array_bytes)
+    finally:
+        _cancelled.reset(token)
+
+
+def _ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None,
+            max_array_bytes: int | None) -> IngestResult:
     fmt, delimiter = sniff_format(src)
     if fmt == "npz":
         return ingest_arrays(src, dest.with_suffix(".npz"), max_rows=max_rows, max_array_bytes=max_array_bytes)
@@ -355,31 +394,59 @@ def ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None = No
         if fmt == "parquet":
             n_rows = _write_parquet(src, dest, max_columns, max_rows)
         else:
+            assert delimiter is not None  # sniff_format names one for every text format
             n_rows = _write_csv(src, delimiter, dest, max_columns, max_rows)
         if n_rows == 0:
             raise DataError("the file has a header but no data rows")
-        table = pq.ParquetFile(dest)
-        columns = []
-        for name in table.schema_arrow.names:
-            columns.append(summarise_column(name, pq.read_table(dest, columns=[name]).column(0)))
+        columns = _summaries(dest)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     return IngestResult(format=fmt, n_rows=n_rows, columns=columns)
 
 
+# Columns read back per pass for their summaries: a file of thousands of columns is read in a few passes through one
+# open file (one pq.read_table per column re-parses the whole footer each time: quadratic in the column count).
+SUMMARY_COLUMNS_PER_READ = 256
+
+
+def _summaries(path: Path) -> list[dict[str, Any]]:
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(names), SUMMARY_COLUMNS_PER_READ):
+        _stop_if_cancelled()
+        part = parquet.read(columns=names[start:start + SUMMARY_COLUMNS_PER_READ])
+        out.extend(summarise_column(name, part.column(name)) for name in part.column_names)
+    return out
+
+
 ARRAY_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bool")
 
 
-def _check_unpacked_size(src: Path, max_bytes: int) -> None:
-    """Refuse an .npz whose arrays would unpack to more than max_bytes (a small file can declare gigabytes)."""
+# A compressed .npz member may unpack to at most this many times its stored size (real arrays compress 2-10x,
+# even sparse images rarely 50x); above it the file is a decompression bomb. Small members are exempt.
+MAX_COMPRESSION_RATIO = 100
+RATIO_EXEMPT_BYTES = 1 << 20
+
+
+def _check_unpacked_size(src: Path, max_bytes: int | None) -> None:
+    """Refuse an .npz whose arrays would unpack to more than max_bytes or compress implausibly well, before
+    unpacking anything (a small file can declare gigabytes)."""
     try:
         with zipfile.ZipFile(src) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
+            members = archive.infolist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"the file looks like .npz but could not be read: {exc}") from None
-    if unpacked > max_bytes:
+    unpacked = sum(info.file_size for info in members)
+    if max_bytes is not None and unpacked > max_bytes:
         raise DataError(f"the .npz unpacks to {unpacked:,} bytes; at most {max_bytes:,} are accepted", column="X")
+    for info in members:
+        if info.file_size > RATIO_EXEMPT_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise DataError(f"the .npz member '{info.filename}' unpacks to {info.file_size:,} bytes from "
+                            f"{info.compress_size:,} (more than {MAX_COMPRESSION_RATIO}:1); such a file is refused "
+                            "as a decompression bomb: save the arrays uncompressed (numpy.savez)",
+                            column=info.filename.removesuffix(".npy"))
 
 
 def ingest_arrays(src: Path, dest: Path, *, max_rows: int | None = None,
@@ -388,8 +455,7 @@ def ingest_arrays(src: Path, dest: Path, *, max_rows: int | None = None,
 
     Loaded with allow_pickle=False: object arrays (which would need unpickling) are refused.
     """
-    if max_array_bytes is not None:
-        _check_unpacked_size(src, max_array_bytes)
+    _check_unpacked_size(src, max_array_bytes)
     try:
         with np.load(src, allow_pickle=False) as npz:
             names = set(npz.files)
@@ -430,7 +496,7 @@ def ingest_arrays(src: Path, dest: Path, *, max_rows: int | None = None,
     return IngestResult(format="npz", n_rows=int(len(X)), columns=columns)
 
 
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
+def load_arrays(path: Path) -> dict[str, NDArray[Any]]:
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
 
@@ -439,13 +505,14 @@ def preview(path: Path, n: int) -> list[dict[str, Any]]:
     """The first n rows as JSON-able records."""
     if path.suffix == ".npz":
         arrays = load_arrays(path)
-        return _finite([{k: v[i].tolist() for k, v in arrays.items()} for i in range(min(n, len(arrays["X"])))])
-    pf = pq.ParquetFile(path)
-    rows: list[dict[str, Any]] = []
-    for batch in pf.iter_batches(batch_size=n):
-        rows = batch.slice(0, n).to_pylist()
-        break
-    return _finite(rows)
+        rows = [{k: v[i].tolist() for k, v in arrays.items()} for i in range(min(n, len(arrays["X"])))]
+    else:
+        rows = []
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=n):
+            rows = batch.slice(0, n).to_pylist()
+            break
+    finite: list[dict[str, Any]] = _finite(rows)
+    return finite
 
 
 # ---------------------------------------------------------------- task

@@ -1,17 +1,19 @@
 """The HTTP API: create_app() builds it from settings."""
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
 import service
+from service.server import faults
 from service.server.api import datasets, events, jobs, models, ops, scoring, system, workers
 from service.server.api.deps import get_principal
 from service.server.auth import PrincipalCache, RateLimiter
 from service.server.config import Settings, get_settings
 from service.server.db import make_engine, make_sessionmaker, require_schema_at_head
 from service.server.errors import install_error_handlers, problem_responses
-from service.server.fleet import Reaper
+from service.server.fleet import Reaper, Upkeep
 from service.server.predict import ModelCache
 from service.server.storage import Storage
 from service.server.uploads import BodyLimit
@@ -22,10 +24,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         require_schema_at_head(app.state.engine)
         app.state.storage.ensure()
-        reaper = Reaper(app.state.sessions, max_attempts=settings.max_attempts, every_s=settings.reap_every_s)
+        upkeep = Upkeep(storage=app.state.storage, temp_max_age_s=settings.temp_max_age_s,
+                        checkpoint_keep_s=settings.checkpoint_keep_s, every_s=settings.sweep_every_s)
+        reaper = Reaper(app.state.sessions, max_attempts=settings.max_attempts, every_s=settings.reap_every_s,
+                        upkeep=upkeep)
         reaper.start()
         yield
         reaper.stop()
@@ -41,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.principals = PrincipalCache(app.state.sessions)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)  # inside the request-id middleware
-    install_error_handlers(app)
+    install_error_handlers(app, classify=faults.classify, fault_types=faults.FAULT_TYPES)
     ops.install(app)
     app.include_router(system.router)  # /healthz and /readyz: the only routes without a key
     for module in (datasets, jobs, models, events, scoring, ops, workers):

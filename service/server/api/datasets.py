@@ -1,15 +1,21 @@
 """/datasets"""
 
+import asyncio
+import logging
+import threading
+
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.schemas import DatasetPreview, DatasetRead, Page
 from service.server import datasets
 from service.server.api.deps import DatasetDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep, StorageDep
-from service.server.errors import problem_responses
+from service.server.errors import InvalidInput, problem_responses
+from service.server.tables import Dataset
 from service.server.uploads import multipart_body, receive_file
-from service.training.ingest import preview
+from service.training.ingest import Cancelled, preview
 
+log = logging.getLogger("mlps.api")
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 UPLOAD_BODY = multipart_body(
@@ -23,42 +29,61 @@ UPLOAD_BODY = multipart_body(
              responses=problem_responses(413, 415, 422),
              summary="Upload a data set (multipart field 'file')")
 async def upload_dataset(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep,
-                         principal: PrincipalDep):
+                         principal: PrincipalDep) -> Dataset:
     storage.ensure()
     raw = storage.temp_path(".upload")
+    gone = threading.Event()  # the client went away: parsing stops at its next batch
+    watch: asyncio.Task[None] | None = None
     try:
         upload = await receive_file(request, raw, max_bytes=settings.max_upload_bytes)
+        watch = asyncio.create_task(_watch_disconnect(request, gone))  # the body is read: only a disconnect is left
         name = datasets.clean_name(upload.fields.get("name") or upload.filename, "upload")
         return await run_in_threadpool(
             datasets.create, session=session, storage=storage, upload_path=raw, name=name,
             size_bytes=upload.size, sha256=upload.sha256, owner=principal.owner,
-            max_columns=settings.max_columns, max_rows=settings.max_rows, max_array_bytes=settings.max_array_bytes)
+            max_columns=settings.max_columns, max_rows=settings.max_rows, max_array_bytes=settings.max_array_bytes,
+            cancelled=gone.is_set)
+    except Cancelled:
+        log.info("upload of %s abandoned by its client during parsing; nothing kept", raw.name)
+        raise InvalidInput("the client went away before the data set was stored",
+                           errors=[{"field": "file", "message": "client disconnected"}]) from None
     finally:
+        if watch is not None:
+            watch.cancel()
         raw.unlink(missing_ok=True)
+
+
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set `gone` once the client disconnects (started once the whole body was read: no chunk is taken from it)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+    gone.set()
 
 
 @router.get("", response_model=Page[DatasetRead], responses=problem_responses(422),
             summary="List data sets, newest first")
-def list_datasets(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50, offset: OffsetDep = 0):
+def list_datasets(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50,
+                  offset: OffsetDep = 0) -> Page[DatasetRead]:
     items, total = datasets.list_(session=session, principal=principal, limit=limit, offset=offset)
     return Page[DatasetRead](items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=problem_responses(404, 422),
             summary="Show a data set and its column schema")
-def show_dataset(dataset: DatasetDep):
+def show_dataset(dataset: DatasetDep) -> Dataset:
     return dataset
 
 
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview, responses=problem_responses(404, 422),
             summary="First rows of a data set")
-def preview_dataset(dataset: DatasetDep, storage: StorageDep, settings: SettingsDep, limit: LimitDep = 20):
+def preview_dataset(dataset: DatasetDep, storage: StorageDep, settings: SettingsDep,
+                    limit: LimitDep = 20) -> DatasetPreview:
     rows = preview(storage.dataset_file(dataset.id, dataset.format), min(limit, settings.preview_rows * 50))
     return DatasetPreview(dataset_id=dataset.id, columns=[c["name"] for c in dataset.columns], rows=rows)
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=problem_responses(404, 409, 422),
                summary="Delete a data set (409 while a job needs it)")
-def delete_dataset(dataset: DatasetDep, session: SessionDep, storage: StorageDep):
+def delete_dataset(dataset: DatasetDep, session: SessionDep, storage: StorageDep) -> Response:
     datasets.delete(session=session, storage=storage, dataset=dataset)
     return Response(status_code=204)

@@ -1,9 +1,11 @@
 """/models and /predict"""
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
 from service.server import predict
@@ -11,6 +13,7 @@ from service.server.api.deps import (
     LimitDep,
     ModelCacheDep,
     ModelDep,
+    ModelRowDep,
     OffsetDep,
     PrincipalDep,
     SessionDep,
@@ -19,42 +22,51 @@ from service.server.api.deps import (
 )
 from service.server.auth import can_see
 from service.server.errors import problem_responses
+from service.server.tables import Model
 
 router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=Page[ModelRead], responses=problem_responses(422),
             summary="List trained models, newest first")
-def list_models(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50, offset: OffsetDep = 0):
+def list_models(session: SessionDep, principal: PrincipalDep, limit: LimitDep = 50,
+                offset: OffsetDep = 0) -> Page[ModelRead]:
     items, total = predict.list_(session=session, principal=principal, limit=limit, offset=offset)
     return Page[ModelRead](items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/models/{model_id}", response_model=ModelRead, responses=problem_responses(404, 422),
+@router.get("/models/{model_id}", response_model=ModelRead, responses=problem_responses(404, 410, 422),
             summary="Task, feature schema, labels and metrics")
-def show_model(model: ModelDep):
+def show_model(model: ModelDep) -> Model:
     return model
 
 
-@router.get("/models/{model_id}/download", response_class=FileResponse,
+@router.get("/models/{model_id}/download", response_class=StreamingResponse,
             summary="The model as a zip: weights.safetensors and model.json (no pickle)",
             responses={200: {"content": {"application/zip": {}},
                              "description": "weights.safetensors (the state dict) and model.json (architecture, "
                                             "preprocessing, labels, metrics)"},
-                       **problem_responses(404, 422)})
-async def download_model(model: ModelDep, storage: StorageDep):
-    path = await run_in_threadpool(predict.package, storage, model)
-    return FileResponse(path, media_type="application/zip", filename=f"{model.id}.zip",
-                        background=BackgroundTask(path.unlink, missing_ok=True))
+                       **problem_responses(404, 410, 422)})
+async def download_model(model: ModelDep, storage: StorageDep) -> StreamingResponse:
+    body = await run_in_threadpool(predict.package, storage, model)
+    return StreamingResponse(iterate_in_threadpool(body), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{model.id}.zip"'})
 
 
-@router.post("/predict", response_model=PredictResponse, responses=problem_responses(400, 404, 422),
+@router.delete("/models/{model_id}", status_code=204, responses=problem_responses(404, 422),
+               summary="Delete a model: its record, files and cached copies (the job that trained it stays)")
+def delete_model(model: ModelRowDep, session: SessionDep, cache: ModelCacheDep) -> Response:
+    predict.delete(session=session, cache=cache, model=model)
+    return Response(status_code=204)
+
+
+@router.post("/predict", response_model=PredictResponse, responses=problem_responses(400, 404, 410, 422),
              summary="Predict for records keyed by column name")
 async def predict_records(body: PredictRequest, request: Request, principal: PrincipalDep, cache: ModelCacheDep,
-                          settings: SettingsDep):
+                          settings: SettingsDep) -> dict[str, Any]:
     # The latency-critical path: one thread-pool call, and the database only for a model not seen before
     # (models never change owner, and are never deleted).
-    def run() -> dict:
+    def run() -> dict[str, Any]:
         owner = cache.owner(body.model_id)
         if owner is None or not can_see(principal, owner):
             with request.app.state.sessions() as session:
@@ -65,8 +77,9 @@ async def predict_records(body: PredictRequest, request: Request, principal: Pri
     return await run_in_threadpool(run)
 
 
-@router.post("/models/{model_id}/embed", response_model=EmbedResponse, responses=problem_responses(400, 404, 422),
+@router.post("/models/{model_id}/embed", response_model=EmbedResponse,
+             responses=problem_responses(400, 404, 410, 422),
              summary="Autoencoder bottleneck codes")
-def embed_records(body: EmbedRequest, model: ModelDep, cache: ModelCacheDep, settings: SettingsDep):
+def embed_records(body: EmbedRequest, model: ModelDep, cache: ModelCacheDep, settings: SettingsDep) -> dict[str, Any]:
     return predict.embed(cache=cache, model=model, records=body.records, inputs=body.inputs,
                          max_records=settings.max_predict_records)

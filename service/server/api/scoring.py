@@ -34,12 +34,13 @@ UPLOAD_BODY = multipart_body(
              responses={200: {"content": {"text/csv": {}},
                               "description": "The input columns, then 'prediction' and, for classifiers, "
                                              "'p_<label>' per class"},
-                        **problem_responses(404, 413, 415, 422)})
+                        **problem_responses(404, 410, 413, 415, 422)})
 async def score_file(model_id: str, request: Request, principal: PrincipalDep,
                      escape_formulas: bool = Query(
                          default=True, description="Prefix text cells and headers starting with =, +, -, @, tab or "
                                                    "CR (not numbers) with ' so that a spreadsheet shows them as text "
-                                                   "instead of running them; false returns them as they are")):
+                                                   "instead of running them; false returns them as they are")
+                     ) -> StreamingResponse:
     """Receive a file, check it against the model, and stream its rows back with predictions as CSV."""
     state = request.app.state
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.server.db import SchemaNotReady, require_schema_at_head
+from service.server import fleet
 
 router = APIRouter(tags=["system"])
 
@@ -14,19 +14,21 @@ class NotReady(BaseModel):
     detail: str
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-def healthz():
+# response_model=None: FastAPI would otherwise make each return annotation a response model, documented and
+# validated.
+@router.get("/healthz", summary="Liveness: the process answers", response_model=None)
+def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable and migrated",
-            responses={503: {"model": NotReady, "description": "Database unreachable or not migrated"}})
-def readyz(request: Request):
-    try:
-        require_schema_at_head(request.app.state.engine)
-    except SchemaNotReady as exc:
-        return JSONResponse({"status": "not ready", "detail": str(exc)}, status_code=503)
-    except Exception as exc:
-        return JSONResponse({"status": "not ready", "detail": f"database unreachable: {type(exc).__name__}"},
-                            status_code=503)
+@router.get("/readyz", summary="Readiness: database reachable, migrated and writable; a live worker; free space",
+            response_model=None,
+            responses={503: {"model": NotReady, "description": "Not ready; detail says why (database unavailable "
+                                                               "or not migrated, no live worker, disk full)"}})
+def readyz(request: Request) -> JSONResponse | dict[str, str]:
+    state = request.app.state
+    reasons = fleet.not_ready(engine=state.engine, sessions=state.sessions, storage=state.storage,
+                              heartbeat_s=state.settings.heartbeat_s, min_free_bytes=state.settings.min_free_bytes)
+    if reasons:
+        return JSONResponse({"status": "not ready", "detail": "; ".join(reasons)}, status_code=503)
     return {"status": "ready"}

@@ -23,9 +23,9 @@ from typing import IO, Any, Generic, Literal, NotRequired, TypedDict, TypeVar, c
 import httpx
 
 from service import __version__
+from service.client.servers import ADMIN_KEY_FILE, LOOPBACK_HOSTS, recorded_key
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 # Reads on the event stream: the server sends a keep-alive comment every 15 s, so silence this long means a
 # stalled connection, which is then re-opened.
@@ -258,15 +258,19 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, str, str | None]]:
 
 
 def find_api_key(base_url: str) -> str | None:
-    """The key to send: MLPS_API_KEY, else MLPS_API_KEY_FILE, else, for a server on this machine, the admin key
-    that `mlps serve` wrote to <MLPS_DATA_DIR, default ./var>/admin.key."""
+    """The key to send: MLPS_API_KEY, else MLPS_API_KEY_FILE, else, for a server on this machine, the admin key of
+    the running server recorded for this URL (see service.client.servers), else the one `mlps serve` wrote to
+    <MLPS_DATA_DIR, default ./var>/admin.key."""
     if os.environ.get("MLPS_API_KEY"):
         return os.environ["MLPS_API_KEY"].strip()
     path = os.environ.get("MLPS_API_KEY_FILE")
     if not path:
         if httpx.URL(base_url).host not in LOOPBACK_HOSTS:
             return None
-        path = str(Path(os.environ.get("MLPS_DATA_DIR") or "var") / "admin.key")
+        recorded = recorded_key(base_url)
+        if recorded is not None:
+            return recorded
+        path = str(Path(os.environ.get("MLPS_DATA_DIR") or "var") / ADMIN_KEY_FILE)
     try:
         return Path(path).read_text().strip() or None
     except OSError:

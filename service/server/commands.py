@@ -116,7 +116,7 @@ def _bootstrap_admin_key(settings: Settings) -> None:
 
 # ---------------------------------------------------------------- the per-user record of local servers
 # `mlps serve` and `mlps api` record, while they run, which data dir serves which loopback URL, so that a client
-# command run from any folder finds the admin key of a server on this machine. service/client/cli/servers.py reads
+# command run from any folder finds the admin key of a server on this machine. service/client/servers.py reads
 # the file; the two sides import nothing of each other, so its path and shape are spelled out on both:
 #     {"version": 1, "servers": {"http://127.0.0.1:8000": {"data_dir": "/home/me/mlps/var", "pid": 4242}}}
 

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.client.cli import servers
+from service.client import servers
 from tests.helpers import dataset_path
 from tests.live import IRIS_RECORDS, free_port, live_data_dir, running
 
@@ -412,3 +412,24 @@ def test_waiting_at_80_columns_keeps_the_epoch_counter_and_the_time_left(mlps, i
     assert len(line) <= 80 and "…" not in line
     assert re.search(r"epoch (\d+)/\1\b", line) and re.search(r"\d+:\d\d:\d\d$", line.rstrip()), line
     assert "succeeded" in line and "val_accuracy" in line
+
+
+def test_the_python_client_finds_a_recorded_local_servers_key_too(tmp_path, monkeypatch):
+    from service.client.http import find_api_key
+
+    data_dir = tmp_path / "elsewhere" / "var"
+    data_dir.mkdir(parents=True)
+    (data_dir / "admin.key").write_text("mlps_from_the_record\n")
+    record = tmp_path / "state" / "mlps" / "servers.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"version": 1, "servers": {
+        "http://127.0.0.1:8125": {"data_dir": str(data_dir), "pid": os.getpid()}}}))
+    record.chmod(0o600)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    for name in ("MLPS_API_KEY", "MLPS_API_KEY_FILE", "MLPS_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./var here
+    assert find_api_key("http://localhost:8125") == "mlps_from_the_record"
+    assert find_api_key("http://127.0.0.1:8126") is None
+    monkeypatch.setenv("MLPS_API_KEY", "mlps_from_the_environment")
+    assert find_api_key("http://localhost:8125") == "mlps_from_the_environment"

@@ -2,7 +2,6 @@
 tables that fit the terminal, and `emit`: the server's JSON with --json, else the command's view of it."""
 
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from service.client.cli import servers
-from service.client.http import DEFAULT_URL, ApiError, Client, ClientError
+from service.client import servers
+from service.client.http import ApiError, Client, ClientError
 
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="MLPS_URL", show_envvar=True,
                                             help="Server URL [default: http://127.0.0.1:8000]")]
@@ -61,12 +60,10 @@ def connect(url: str | None) -> Iterator[Client]:
     """A client for the command; server errors become a message on stderr and exit status 1.
 
     The key: MLPS_API_KEY, else MLPS_API_KEY_FILE, else the key of the local server recorded for this URL, else
-    <MLPS_DATA_DIR, default ./var>/admin.key. The Client reads the first two and the last itself; the recorded
-    server comes in between, so it is looked up here and passed in only when neither variable is set.
+    <MLPS_DATA_DIR, default ./var>/admin.key (the Client looks them up in that order: find_api_key).
     """
-    base_url = url or os.environ.get("MLPS_URL") or DEFAULT_URL
     try:
-        with Client(base_url=url, api_key=servers.recorded_key(base_url)) as client:
+        with Client(base_url=url) as client:
             yield client
     except ApiError as exc:
         details = []

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from service.client.http import LOOPBACK_HOSTS
-
 ADMIN_KEY_FILE = "admin.key"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def registry_path() -> Path:

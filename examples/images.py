@@ -7,6 +7,7 @@ pictures sent as nested arrays ("inputs", shaped [n, 1, 28, 28]).
 Usage: python examples/images.py   (server at $MLPS_URL, default http://127.0.0.1:8000)
 """
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -40,7 +41,8 @@ def main() -> int:
         path = Path(folder) / "bars.npz"
         np.savez(path, X=X, y=y)
         dataset = mlps.upload_dataset(path)
-        print(f"dataset {dataset['id']}: {dataset['n_rows']} pictures shaped {dataset['columns'][0]['shape']}")
+        shape = json.dumps(dataset["columns"][0]["shape"])
+        print(f"dataset {dataset['id']}: {dataset['n_rows']} pictures shaped {shape}")
         job = mlps.submit_job({"dataset_id": dataset["id"], "target": "y",
                                "model": {"type": "mlp", "hidden_layers": [64]},
                                "training": {"epochs": 30, "learning_rate": 0.003}})

@@ -6,7 +6,8 @@ set -euo pipefail
 URL=${MLPS_URL:-http://127.0.0.1:8000}
 AUTH="Authorization: Bearer ${MLPS_API_KEY:-$(cat "${MLPS_DATA_DIR:-var}/admin.key")}"
 CSV=${1:-$(dirname "$0")/../../shared/datasets/iris.csv}
-json() { python3 -c "import sys, json; print(json.load(sys.stdin)$1)"; }
+# One field of a JSON answer: text as it is (ids, statuses), anything else as JSON.
+json() { python3 -c "import sys, json; v = json.load(sys.stdin)$1; print(v if isinstance(v, str) else json.dumps(v))"; }
 
 DS=$(curl -fsS -H "$AUTH" -F file=@"$CSV" "$URL/datasets" | json '["id"]')
 echo "dataset $DS"

@@ -3,6 +3,7 @@
 Usage: python examples/train_iris.py [CSV]   (server at $MLPS_URL, default http://127.0.0.1:8000)
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def main() -> int:
     csv = Path(sys.argv[1]) if len(sys.argv) > 1 else IRIS
     with Client() as mlps:
         dataset = mlps.upload_dataset(csv)
-        print(f"dataset {dataset['id']}: {dataset['n_rows']} rows, columns {[c['name'] for c in dataset['columns']]}")
+        print(f"dataset {dataset['id']}: {dataset['n_rows']} rows, columns "
+              f"{json.dumps([c['name'] for c in dataset['columns']])}")
         job = mlps.submit_job({"dataset_id": dataset["id"], "target": "species",
                                "model": {"hidden_layers": [32, 32]},
                                "training": {"epochs": 40, "learning_rate": 0.02, "batch_size": 16}})
@@ -41,7 +43,7 @@ def main() -> int:
         print(f"model {model['id']}: val_accuracy {model['metrics']['val_accuracy']:.3f}")
         answer = mlps.predict(model["id"], records=FLOWERS)
         for flower, label, probs in zip(FLOWERS, answer["predictions"], answer["probabilities"], strict=True):
-            print(f"  {flower} -> {label} ({probs[label]:.2f})")
+            print(f"  {json.dumps(flower)} -> {label} ({probs[label]:.2f})")
     return 0
 
 

@@ -213,12 +213,52 @@ class EpochMetricsRead(BaseModel):
     metrics: dict[str, Any]
 
 
+class TargetPredictions(BaseModel):
+    target: str = Field(description="The target column")
+    actual: list[float] = Field(description="The sampled rows' values, in the target's units")
+    predicted: list[float] = Field(description="The model's predictions for the same rows, in the same order")
+
+
+class RocCurve(BaseModel):
+    label: str = Field(description="The positive class (binary: the second label; else each class against the rest)")
+    fpr: list[float] = Field(description="False-positive rates, from 0 to 1; empty when the rows lack the class or "
+                                         "hold nothing else")
+    tpr: list[float] = Field(description="True-positive rates at the same thresholds")
+    auc: float | None = Field(description="Area under the whole curve (before thinning); null when undefined")
+
+
+class ClassFigures(BaseModel):
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int = Field(description="Rows of this class")
+
+
+class JobReport(BaseModel):
+    """What the plots draw, computed once on the rows the job's headline metrics come from."""
+
+    split: Literal["test", "validation", "out-of-fold"]
+    n_rows: int = Field(description="Rows of the split")
+    predictions: list[TargetPredictions] | None = Field(
+        description="Regression, per target: actual and predicted values of the split's rows (every row up to "
+                    "1,000, else 1,000 evenly spaced ones); null for classifiers")
+    roc: list[RocCurve] | None = Field(description="Classification: ROC curves of at most 200 points; null for "
+                                                   "regression")
+    classes: list[ClassFigures] | None = Field(description="Classification: per-class figures, in label order; null "
+                                                           "for regression")
+
+
 class JobMetrics(BaseModel):
     job_id: str
     task: str
     epochs: list[EpochMetricsRead]
     test: dict[str, Any] | None = Field(default=None, description="Held-out test split, evaluated once")
     confusion_matrix: dict[str, Any] | None = None
+    report: JobReport | None = Field(
+        default=None, description="Held-out predictions, or ROC curves and per-class figures, once the job succeeded; "
+                                  "null before, for an autoencoder, when no rows were held out, and for jobs that "
+                                  "finished before the service reported them")
 
 
 # ---------------------------------------------------------------- models and predict

@@ -111,12 +111,42 @@ class EpochMetrics(TypedDict):
     metrics: dict[str, Any]
 
 
+class TargetPredictions(TypedDict):
+    target: str
+    actual: list[float]  # in the target's units
+    predicted: list[float]  # for the same rows
+
+
+class RocCurve(TypedDict):
+    label: str  # the positive class
+    fpr: list[float]
+    tpr: list[float]
+    auc: float | None
+
+
+class ClassFigures(TypedDict):
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class JobReport(TypedDict):
+    split: Literal["test", "validation", "out-of-fold"]
+    n_rows: int
+    predictions: list[TargetPredictions] | None  # regression
+    roc: list[RocCurve] | None  # classification
+    classes: list[ClassFigures] | None  # classification
+
+
 class JobMetrics(TypedDict):
     job_id: str
     task: str
     epochs: list[EpochMetrics]
     test: NotRequired[dict[str, Any] | None]
     confusion_matrix: NotRequired[dict[str, Any] | None]
+    report: NotRequired[JobReport | None]  # what the plots draw, once the job succeeded
 
 
 class Model(TypedDict):
@@ -396,7 +426,8 @@ class Client:
         return cast(Job, self._json("GET", f"/jobs/{job_id}"))
 
     def metrics(self, job_id: str) -> JobMetrics:
-        """GET /jobs/{id}/metrics: every epoch's metrics (and the confusion matrix once finished)."""
+        """GET /jobs/{id}/metrics: every epoch's metrics (and the confusion matrix and held-out report once
+        finished)."""
         return cast(JobMetrics, self._json("GET", f"/jobs/{job_id}/metrics"))
 
     def cancel(self, job_id: str) -> Job:

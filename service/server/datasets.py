@@ -58,7 +58,8 @@ def get(*, session: Session, dataset_id: str, principal: Principal) -> Dataset:
     """The data set with this id, or NotFound (also when it belongs to another owner)."""
     dataset = session.get(Dataset, dataset_id)
     if dataset is None or not can_see(principal, dataset.owner):
-        raise NotFound(f"no data set with id '{dataset_id}'; GET /datasets lists them")
+        raise NotFound(f"no data set with id '{dataset_id}'; GET /datasets lists them",
+                       errors=[{"field": "dataset_id", "message": "unknown data set"}])
     return dataset
 
 

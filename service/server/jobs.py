@@ -210,8 +210,8 @@ def submit(*, session: Session, spec: JobCreate, principal: Principal, settings:
     """Validate against the data set and the server's limits, and enqueue for the caller's owner."""
     dataset = session.get(Dataset, spec.dataset_id)
     if dataset is None or not can_see(principal, dataset.owner):
-        raise InvalidInput(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
-                           errors=[{"field": "dataset_id", "message": "unknown data set"}])
+        raise NotFound(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
+                       errors=[{"field": "dataset_id", "message": "unknown data set"}])
     targets, features, task = resolve(spec, dataset)
     columns = {c["name"]: c for c in dataset.columns}
     stored = resolve_spec(spec, targets=targets, features=features, task=task, n_rows=dataset.n_rows,
@@ -237,7 +237,8 @@ def get(*, session: Session, job_id: str, principal: Principal) -> Job:
     """The job with this id, or NotFound (also when it belongs to another owner)."""
     job = session.get(Job, job_id)
     if job is None or not can_see(principal, job.owner):
-        raise NotFound(f"no job with id '{job_id}'; GET /jobs lists them")
+        raise NotFound(f"no job with id '{job_id}'; GET /jobs lists them",
+                       errors=[{"field": "job_id", "message": "unknown job"}])
     return job
 
 
@@ -282,7 +283,10 @@ def to_read(job: Job) -> JobRead:
         device_request=job.device_request, device=job.device, attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         waiting_for=waiting_reason(job.device_request) if job.status == JobStatus.QUEUED else None,
-        error=job.error, result=job.result, model_id=job.model_id,
+        # the report (curves, prediction samples) is served by GET /jobs/{id}/metrics only: it would make every
+        # job in a list and every status event tens of kB
+        error=job.error, result={k: v for k, v in job.result.items() if k != "report"} if job.result else job.result,
+        model_id=job.model_id,
         metrics=(job.result or {}).get("metrics") if job.status == JobStatus.SUCCEEDED else None,
         created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, duration_s=duration,

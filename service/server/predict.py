@@ -21,7 +21,7 @@ from service.server.tables import Model
 from service.training import ingest
 from service.training import pipeline as P
 from service.training.artifact import META, WEIGHTS, ModelMeta, load_model
-from service.training.features import records_to_table
+from service.training.features import RecordsError, records_to_table
 
 # How long a cached model is trusted before its folder is looked at again: a model deleted through another API
 # process, or whose files were removed by hand, stops answering here within this time.
@@ -208,6 +208,13 @@ def _inputs(meta: ModelMeta, records: list[dict[str, Any]] | None, inputs: list[
         if is_array:
             return P.inputs_from_arrays(given, meta)
         return P.inputs_from_table(records_to_table(given, meta.preprocessing["features"]), meta)
+    except RecordsError as exc:
+        # One entry per column and kind of fault: `records` the first few at fault, `count` all of them, and
+        # `record` only when it is the one.
+        raise InvalidInput(str(exc), errors=[
+            {"field": "records", "column": f.column, **({"record": f.records[0]} if f.count == 1 else {}),
+             "records": f.records, "count": f.count, "message": f.message(exc.n_records)}
+            for f in exc.faults]) from None
     except ingest.DataError as exc:
         raise InvalidInput(str(exc), errors=[{"field": "inputs" if is_array else "records", "column": exc.column,
                                               "message": str(exc)}]) from None

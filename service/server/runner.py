@@ -363,7 +363,9 @@ def _publish(sessions: sessionmaker[Session], storage: Storage, job_id: str, tok
              dataset: Dataset, prepared: Prepared, result: TrainResult, report: dict[str, Any], device: str,
              facts: dict[str, Any]) -> None:
     """Write the model folder, then mark the job succeeded with the model row in one transaction."""
-    final = {**kept_figures(result, result.history), **report}
+    # The plots' figures (held-out predictions, ROC curves) stay with the job's result: the model's metrics are
+    # its headline figures, repeated in every model listing and in model.json.
+    final = {**kept_figures(result, result.history), **{k: v for k, v in report.items() if k != "report"}}
     model_id = queue.new_id("mdl")
     meta = ModelMeta(
         model_id=model_id, job_id=job_id, dataset_id=dataset.id, spec=spec.to_json(), task=spec.task,

@@ -232,43 +232,124 @@ def split_rows(n: int, fraction: float, seed: int, strata: NDArray[Any] | None =
     return Split(train=np.sort(np.concatenate(train)), validation=np.sort(np.concatenate(val)))
 
 
+# Record indexes a fault names: enough to find the pattern, and an answer that stays short for 10,000 records.
+SHOWN_RECORDS = 5
+SHOWN_FAULTS = 5  # faults the one-line summary spells out; the exception's `faults` has every one
+
+
+@dataclass
+class RecordFault:
+    """One kind of fault in one column, across the records that have it: the first few by index, and how many."""
+
+    column: str
+    problem: str  # after "column 'x' ", e.g. "expects a number"
+    value: str | None  # the first offending value as shown, e.g. "'wide'"
+    advice: str | None  # what to send instead, where the problem alone does not say
+    records: list[int]
+    count: int
+
+    def message(self, n_records: int) -> str:
+        """The fault as a sentence: the one record, or the records (the first SHOWN_RECORDS) that have it."""
+        first = self.records[0]
+        if self.count == 1:
+            text = f"record {first}: column '{self.column}' {self.problem}"
+            if self.value is not None:
+                text += f", got {self.value}"
+        else:
+            if self.count == n_records:
+                where = f"all {n_records} records"
+            else:
+                shown = [str(i) for i in self.records]
+                rest = self.count - len(shown)
+                listed = (", ".join(shown) + f" and {rest} more" if rest
+                          else ", ".join(shown[:-1]) + " and " + shown[-1])
+                where = f"records {listed} (of {n_records})"
+            text = f"column '{self.column}' {self.problem} in {where}"
+            if self.value is not None:
+                text += f"; record {first} has {self.value}"
+        return text if self.advice is None else f"{text}; {self.advice}"
+
+
+class RecordsError(DataError):
+    """Every fault found in predict-time records, one per column and kind of fault, in column order."""
+
+    def __init__(self, faults: list[RecordFault], n_records: int) -> None:
+        messages = [f.message(n_records) for f in faults]
+        if len(messages) == 1:
+            summary = messages[0]
+        else:
+            listed = "; ".join(f"({i}) {m}" for i, m in enumerate(messages[:SHOWN_FAULTS], 1))
+            more = len(messages) - SHOWN_FAULTS
+            summary = f"{len(messages)} problems in the records: {listed}" + (f"; and {more} more" if more > 0 else "")
+        super().__init__(summary, column=faults[0].column)
+        self.faults = faults
+        self.n_records = n_records
+
+
+class _Faults:
+    """Collects faults while the records are read, so that one answer names all of them."""
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], RecordFault] = {}
+
+    def add(self, record: int, column: str, problem: str, value: str | None = None,
+            advice: str | None = None) -> None:
+        fault = self.found.get((column, problem))
+        if fault is None:
+            self.found[column, problem] = RecordFault(column, problem, value, advice, [record], 1)
+            return
+        fault.count += 1
+        if len(fault.records) < SHOWN_RECORDS:
+            fault.records.append(record)
+
+
+def _json_kind(value: Any) -> str:
+    return "an object" if isinstance(value, dict) else "a list"
+
+
 def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[str, Any]]) -> pa.Table:
-    """Predict-time records → a table with the trained features' types; errors name record and column."""
+    """Predict-time records → a table with the trained features' types; RecordsError names every column at fault
+    (and the records)."""
     arrays: dict[str, pa.Array] = {}
+    faults = _Faults()
     for f in feature_params:
         name, kind = f["name"], f["kind"]
         values: list[str | float | None] = []
         for i, rec in enumerate(records):
             if name not in rec:
-                raise DataError(f"record {i}: column '{name}' is missing", column=name)
+                faults.add(i, name, "is missing")
+                continue
             v = rec[name]
             if v is None:
                 values.append(None)
             elif kind == "categorical":
                 if isinstance(v, (dict, list)):
-                    raise DataError(f"record {i}: column '{name}' expects a text category, got {type(v).__name__}",
-                                    column=name)
-                if isinstance(v, float) and not math.isfinite(v):
-                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value",
-                                    column=name)
-                values.append(str(v).lower() if isinstance(v, bool) else str(v))
+                    faults.add(i, name, "expects a text category", _json_kind(v))
+                elif isinstance(v, float) and not math.isfinite(v):
+                    faults.add(i, name, "is NaN or infinite", advice="send null for a missing value")
+                else:
+                    values.append(str(v).lower() if isinstance(v, bool) else str(v))
             elif kind == "boolean":
                 if isinstance(v, bool) or (isinstance(v, (int, float)) and v in (0, 1)):
                     values.append(float(v))
                 else:
-                    raise DataError(f"record {i}: column '{name}' expects true or false, got {quote_value(v)}",
-                                    column=name)
+                    faults.add(i, name, "expects true or false", quote_value(v))
+            elif isinstance(v, bool) or not isinstance(v, (int, float)):
+                faults.add(i, name, "expects a number", quote_value(v))
             else:
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise DataError(f"record {i}: column '{name}' expects a number, got {quote_value(v)}", column=name)
                 try:
                     number = float(v)
                 except OverflowError:
-                    raise DataError(f"record {i}: column '{name}' is out of range for a number (a {len(str(v))}-digit "
-                                    "integer); send a value within ±1.8e308", column=name) from None
-                if not math.isfinite(number):
-                    raise DataError(f"record {i}: column '{name}' is NaN or infinite; send null for a missing value "
-                                    "(it is filled in as in training)", column=name)
-                values.append(number)
-        arrays[name] = pa.array(values, pa.string() if kind == "categorical" else pa.float64())
+                    faults.add(i, name, "is out of range for a number", f"a {len(str(v))}-digit integer",
+                               advice="send a value within ±1.8e308")
+                    continue
+                if math.isfinite(number):
+                    values.append(number)
+                else:
+                    faults.add(i, name, "is NaN or infinite",
+                               advice="send null for a missing value (it is filled in as in training)")
+        if not faults.found:
+            arrays[name] = pa.array(values, pa.string() if kind == "categorical" else pa.float64())
+    if faults.found:
+        raise RecordsError(list(faults.found.values()), len(records))
     return pa.table(arrays) if arrays else pa.table({})

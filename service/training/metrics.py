@@ -90,26 +90,36 @@ def binary_auroc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return u / (n_pos * n_neg)
 
 
+def class_figures(cm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-class precision, recall, F1 and support from a [true, predicted] confusion matrix, in wide floats; a
+    ratio with nothing to divide by is 0, as scikit-learn's zero_division=0 has it."""
+    cm = wide(cm)
+    tp = cm.diagonal()
+    support = cm.sum(dim=1)
+    predicted = cm.sum(dim=0)
+    recall = torch.where(support > 0, tp / support.clamp_min(1), torch.zeros_like(tp))
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
+                     torch.zeros_like(tp))
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
 def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_classes: int,
                            weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Loss, accuracy, balanced accuracy, macro precision/recall/F1, AUROC and log loss of one split."""
     pred = predicted_classes(logits, n_classes)
     cm = wide(confusion_matrix(y, pred, n_classes))
     tp = cm.diagonal()
-    support = cm.sum(dim=1)
-    predicted = cm.sum(dim=0)
-    present = support > 0
-    recall = torch.where(present, tp / support.clamp_min(1), torch.zeros_like(tp))
-    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
-                     torch.zeros_like(tp))
+    per_class = class_figures(cm)
+    precision, recall, f1 = per_class["precision"], per_class["recall"], per_class["f1"]
+    present = per_class["support"] > 0
     probs = class_probabilities(logits, n_classes)
     if n_classes == 2:
         auroc = binary_auroc(probs[:, 1], y == 1)
     else:
         classes = torch.arange(n_classes, device=y.device)
-        per_class = binary_auroc(probs.T, y[None, :] == classes[:, None])
-        auroc = per_class[~per_class.isnan()].mean()
+        one_vs_rest = binary_auroc(probs.T, y[None, :] == classes[:, None])
+        auroc = one_vs_rest[~one_vs_rest.isnan()].mean()
     eps = 1e-15
     log_loss = -torch.log(wide(probs.gather(1, y[:, None])[:, 0]).clamp(eps, 1 - eps)).mean()
     n_present = present.sum().clamp_min(1)
@@ -123,6 +133,34 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, n_classes: int
         "auroc": auroc,
         "log_loss": log_loss,
     }
+
+
+def roc_curve(scores: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(false-positive rates, true-positive rates) at every distinct score taken as the threshold, from (0, 0) to
+    (1, 1): the points of scikit-learn's roc_curve(drop_intermediate=False). Rates are NaN when one class is
+    absent."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    ranked, hits = scores[order], wide(positive[order])
+    # The last row of each run of equal scores: a threshold admits every row with its score at once.
+    last = torch.ones_like(ranked, dtype=torch.bool)
+    last[:-1] = ranked[1:] != ranked[:-1]
+    true_pos, false_pos = hits.cumsum(0)[last], (1 - hits).cumsum(0)[last]
+    zero = true_pos.new_zeros(1)
+    return torch.cat([zero, false_pos]) / false_pos[-1], torch.cat([zero, true_pos]) / true_pos[-1]
+
+
+def thin_curve(x: torch.Tensor, y: torch.Tensor, max_points: int) -> torch.Tensor:
+    """Indices of at most `max_points` points of a curve whose x and y never decrease (an ROC curve), spread
+    evenly along its length (x + y) rather than over its rows, first and last point kept."""
+    n = len(x)
+    if n <= max_points:
+        return torch.arange(n, device=x.device)
+    along = (x + y).contiguous()
+    goals = torch.linspace(0, float(along[-1]), max_points, device=x.device, dtype=along.dtype)
+    picked = torch.searchsorted(along, goals).clamp_max(n - 1)
+    picked[0], picked[-1] = 0, n - 1
+    kept: torch.Tensor = torch.unique(picked)
+    return kept
 
 
 def regression_metrics(pred: torch.Tensor, y: torch.Tensor, target_scale: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -153,38 +153,101 @@ def prepare_arrays(arrays: dict[str, NDArray[Any]], *, task: str, split: SplitSp
     return Prepared(data=data, preprocessing=pre, target=params, info=info, X_test=X_test, y_test=y_test)
 
 
+# The figures the plots draw are bounded, so that a job's result stays small whatever the size of its data.
+SAMPLE_POINTS = 1000  # (actual, predicted) pairs per regression target
+ROC_POINTS = 200  # points per ROC curve
+# float32 networks and float32 targets carry about 7 significant digits; more would be noise in the JSON.
+SIGNIFICANT_DIGITS = 7
+
+
 def final_report(net: nn.Module, prepared: Prepared, device: str = "cpu",
                  held_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Held-out test metrics (once, on the final model) and, for classifiers, a labelled confusion matrix: of the
-    test rows, else of the validation rows, else of `held_out` (an ensemble's out-of-fold outputs and targets)."""
+    """Held-out test metrics (once, on the final model), for classifiers a labelled confusion matrix, and the figures
+    the plots draw (`report`, see held_out_report): of the test rows, else of the validation rows, else of
+    `held_out` (an ensemble's out-of-fold outputs and targets)."""
     data = prepared.data
-    dev = torch.device(device)
-    task = Task(data, dev)
     out: dict[str, Any] = {}
     has_test = len(prepared.X_test) > 0
     if not has_test and len(data.X_val) == 0 and held_out is not None:
-        if data.task == "classification" and data.n_classes:
-            outputs, targets = held_out
-            cm = M.confusion_matrix(targets, M.predicted_classes(outputs, data.n_classes), data.n_classes)
-            out["confusion_matrix"] = {"split": "out-of-fold", "labels": [str(v) for v in prepared.target["labels"]],
-                                       "matrix": cm.cpu().tolist()}
-        return out
-    X_eval, y_eval = (prepared.X_test, prepared.y_test) if has_test else (data.X_val, data.y_val)
-    if len(X_eval) == 0:
-        return out
-    Xt = torch.as_tensor(X_eval, dtype=torch.float32, device=dev)
-    yt = task.targets(Xt, y_eval)
-    net.eval()
+        outputs, targets = held_out
+        split = "out-of-fold"
+    else:
+        X_eval, y_eval = (prepared.X_test, prepared.y_test) if has_test else (data.X_val, data.y_val)
+        if len(X_eval) == 0:
+            return out
+        dev = torch.device(device)
+        task = Task(data, dev)
+        Xt = torch.as_tensor(X_eval, dtype=torch.float32, device=dev)
+        targets = task.targets(Xt, y_eval)
+        net.eval()
+        with torch.inference_mode():
+            outputs = network_outputs(net, Xt, data.task, data.n_classes)
+            if has_test:
+                out["test"] = as_floats(task.metrics(outputs, targets))
+        split = "test" if has_test else "validation"
     with torch.inference_mode():
-        outputs = network_outputs(net, Xt, data.task, data.n_classes)
-        if has_test:
-            out["test"] = as_floats(task.metrics(outputs, yt))
         if data.task == "classification" and data.n_classes:
-            pred = M.predicted_classes(outputs, data.n_classes)
-            matrix = M.confusion_matrix(yt, pred, data.n_classes).cpu().tolist()
-            out["confusion_matrix"] = {"split": "test" if has_test else "validation",
-                                       "labels": [str(v) for v in prepared.target["labels"]], "matrix": matrix}
+            cm = M.confusion_matrix(targets, M.predicted_classes(outputs, data.n_classes), data.n_classes)
+            out["confusion_matrix"] = {"split": split, "labels": [str(v) for v in prepared.target["labels"]],
+                                       "matrix": cm.cpu().tolist()}
+        report = held_out_report(outputs, targets, prepared.target, split)
+    if report is not None:
+        out["report"] = report
     return out
+
+
+def held_out_report(outputs: torch.Tensor, targets: torch.Tensor, target: dict[str, Any],
+                    split: str) -> dict[str, Any] | None:
+    """What the plots draw of the held-out rows, as JSON values: for regression a sample (every row up to
+    SAMPLE_POINTS, else that many evenly spaced) of actual and predicted values per target in the target's units;
+    for classification the ROC curve (binary: of the second label; else one per class against the rest) of at most
+    ROC_POINTS points with its AUC, and each class's precision, recall, F1 and support. None for an autoencoder."""
+    task = target["task"]
+    base: dict[str, Any] = {"split": split, "n_rows": len(targets), "predictions": None, "roc": None, "classes": None}
+    if task == "regression":
+        return {**base, "predictions": _predicted_vs_actual(outputs, targets, target)}
+    if task != "classification":
+        return None
+    labels = [str(v) for v in target["labels"]]
+    n_classes = len(labels)
+    probs = M.class_probabilities(outputs, n_classes)
+    positives = [1] if n_classes == 2 else list(range(n_classes))
+    figures = M.class_figures(M.confusion_matrix(targets, M.predicted_classes(outputs, n_classes), n_classes))
+    columns = {name: values.cpu().tolist() for name, values in figures.items()}
+    classes = [{"label": label, "precision": columns["precision"][i], "recall": columns["recall"][i],
+                "f1": columns["f1"][i], "support": int(columns["support"][i])} for i, label in enumerate(labels)]
+    return {**base, "roc": [_roc(probs[:, c], targets == c, labels[c]) for c in positives], "classes": classes}
+
+
+def _roc(scores: torch.Tensor, positive: torch.Tensor, label: str) -> dict[str, Any]:
+    """One ROC curve, thinned to ROC_POINTS, with the AUC of every point (not of the thinned curve); no points
+    and no AUC when the held-out rows lack the class or hold nothing else."""
+    n_positive = int(positive.sum())
+    if n_positive in (0, len(positive)):
+        return {"label": label, "fpr": [], "tpr": [], "auc": None}
+    fpr, tpr = M.roc_curve(scores, positive)
+    keep = M.thin_curve(fpr, tpr, ROC_POINTS)
+    auc = float(M.binary_auroc(scores, positive))
+    return {"label": label, "fpr": fpr[keep].cpu().tolist(), "tpr": tpr[keep].cpu().tolist(), "auc": auc}
+
+
+def _predicted_vs_actual(outputs: torch.Tensor, targets: torch.Tensor,
+                         target: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per target, the same sampled rows' actual and predicted values in the target's units; rows whose
+    prediction is not a finite number (a diverged network's) are left out."""
+    n = len(targets)
+    predicted = decode_regression(outputs.reshape(n, -1).cpu().numpy().astype(np.float64), target)
+    actual = decode_regression(targets.reshape(n, -1).cpu().numpy().astype(np.float64), target)
+    finite = np.flatnonzero(np.isfinite(predicted).all(axis=1) & np.isfinite(actual).all(axis=1))
+    rows = finite[np.unique(np.linspace(0, len(finite) - 1, SAMPLE_POINTS).round().astype(np.intp))] \
+        if len(finite) > SAMPLE_POINTS else finite
+    return [{"target": name, "actual": _compact(actual[rows, j]), "predicted": _compact(predicted[rows, j])}
+            for j, name in enumerate(target["names"])]
+
+
+def _compact(values: NDArray[np.float64]) -> list[float]:
+    """JSON numbers of SIGNIFICANT_DIGITS significant digits."""
+    return [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in values.tolist()]
 
 
 def network_outputs(net: nn.Module, X: torch.Tensor, task: str, n_classes: int) -> torch.Tensor:

@@ -136,7 +136,7 @@ def test_jobs_plot_writes_a_png_with_curves_and_confusion_matrix(mlps, iris_job,
     assert f"wrote {out}" in " ".join(result.stdout.split())
     assert out.read_bytes()[:8] == PNG_SIGNATURE
     height, width, channels = imread(out).shape
-    assert (height, width) == (400, 1500) and channels in (3, 4)  # three panels of 5 × 4 inches at 100 dpi
+    assert (height, width) == (800, 1500) and channels in (3, 4)  # two rows of three 5 × 4 inch panels, 100 dpi
 
 
 def test_jobs_cancel_wait_exits_1_and_plot_refuses_an_empty_job(mlps, iris_job, tmp_path):

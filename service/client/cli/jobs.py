@@ -304,7 +304,8 @@ def jobs_metrics(job_id: str,
 def jobs_plot(job_id: str,
               output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False, help="PNG file to write")],
               url: UrlOpt = None) -> None:
-    """Write a PNG of the learning curves (loss, accuracy or R²) and, for classifiers, the confusion matrix."""
+    """Write a PNG of the learning curves (loss, accuracy or R²) and of the held-out rows: for classifiers the
+    confusion matrix, ROC curves and per-class precision/recall; for regression predicted vs actual and residuals."""
     with connect(url) as client:
         job = client.job(job_id)
         metrics = client.metrics(job_id)

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
 
 import service
 from service.server import faults
@@ -17,6 +18,12 @@ from service.server.fleet import Reaper, Upkeep
 from service.server.predict import ModelCache
 from service.server.storage import Storage
 from service.server.uploads import BodyLimit
+
+
+def operation_id(route: APIRoute) -> str:
+    """The route function's name: operation ids that generated clients name their calls by (`submit_job`), which
+    stay the same when a path changes."""
+    return route.name
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine.dispose()
 
     app = FastAPI(title="MLP Service", version=service.__version__, lifespan=lifespan,
-                  description="Training-as-a-service for PyTorch multilayer perceptrons.")
+                  description="Training-as-a-service for PyTorch multilayer perceptrons.",
+                  generate_unique_id_function=operation_id)
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)

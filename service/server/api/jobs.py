@@ -11,7 +11,7 @@ from service.server.tables import JobStatus
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=JobRead, responses=problem_responses(400, 422),
+@router.post("", status_code=202, response_model=JobRead, responses=problem_responses(400, 404, 422),
              summary="Submit a training job")
 def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
                response: Response) -> JobRead:
@@ -45,7 +45,8 @@ def job_metrics(job: JobDep, session: SessionDep,
     return JobMetrics(job_id=job.id, task=job.task,
                       epochs=[EpochMetricsRead(epoch=r.epoch, metrics=jobs.epoch_figures(r.metrics, members=members))
                               for r in rows],
-                      test=result.get("test"), confusion_matrix=result.get("confusion_matrix"))
+                      test=result.get("test"), confusion_matrix=result.get("confusion_matrix"),
+                      report=result.get("report"))
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobRead, responses=problem_responses(404, 409, 422),

@@ -53,7 +53,7 @@ def test_regression_task_is_inferred_from_a_float_target(client):
 @pytest.mark.parametrize(("patch", "status", "field", "fragment"), [
     ({"target": "colour"}, 422, "target", "available columns: 'sepal_length'"),
     ({"features": ["petal_length", "stem"]}, 422, "features.1", "feature column 'stem' is not in"),
-    ({"dataset_id": "ds_ffffffffffffffff"}, 422, "dataset_id", "no data set with id"),
+    ({"dataset_id": "ds_ffffffffffffffff"}, 404, "dataset_id", "no data set with id"),
     ({"training": {"epochs": -5}}, 422, "training.epochs", "greater than or equal to 1"),
     ({"training": {"learning_rate": 0}}, 422, "training.learning_rate", "greater than 0"),
     ({"model": {"hidden_layers": [64, 0]}}, 422, "model.hidden_layers.1", "greater than or equal to 1"),

@@ -176,7 +176,7 @@ def test_another_owner_gets_404_everywhere_and_an_admin_sees_everything(app, own
         assert bob.get(path).json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
         assert alice.get(path).json()["total"] == 1 and admin.get(path).json()["total"] == 1
     refused = bob.post("/jobs", json={"dataset_id": owners["ds"], "target": "species"})
-    assert problem(refused, 422)["errors"] == [{"field": "dataset_id", "message": "unknown data set"}]
+    assert problem(refused, 404)["errors"] == [{"field": "dataset_id", "message": "unknown data set"}]
     assert problem(bob.get("/metrics"), 403)["detail"] == "this needs an admin key"
     assert admin.get("/metrics").status_code == 200
     assert bob.get("/workers").status_code == 200

@@ -410,14 +410,38 @@ def _ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None,
 SUMMARY_COLUMNS_PER_READ = 256
 
 
+# ... and at most about this many (uncompressed) bytes per pass, so that a long file is still read a few columns
+# at a time (its peak memory stays near one pass's columns, not the whole table's).
+SUMMARY_BYTES_PER_READ = 64 << 20
+
+
+def _passes(parquet: pq.ParquetFile) -> list[list[str]]:
+    """The columns read together for their summaries: consecutive, within both bounds above."""
+    meta = parquet.metadata
+    sizes = [sum(meta.row_group(g).column(c).total_uncompressed_size for g in range(meta.num_row_groups))
+             for c in range(meta.num_columns)]
+    passes: list[list[str]] = []
+    current: list[str] = []
+    held = 0
+    for name, size in zip(parquet.schema_arrow.names, sizes, strict=True):
+        if current and (len(current) >= SUMMARY_COLUMNS_PER_READ or held + size > SUMMARY_BYTES_PER_READ):
+            passes.append(current)
+            current, held = [], 0
+        current.append(name)
+        held += size
+    if current:
+        passes.append(current)
+    return passes
+
+
 def _summaries(path: Path) -> list[dict[str, Any]]:
     parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
     out: list[dict[str, Any]] = []
-    for start in range(0, len(names), SUMMARY_COLUMNS_PER_READ):
+    for names in _passes(parquet):
         _stop_if_cancelled()
-        part = parquet.read(columns=names[start:start + SUMMARY_COLUMNS_PER_READ])
+        part = parquet.read(columns=names)
         out.extend(summarise_column(name, part.column(name)) for name in part.column_names)
+        del part
     return out
 
 

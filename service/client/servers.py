@@ -6,8 +6,8 @@ server on this machine.
 
     {"version": 1, "servers": {"http://127.0.0.1:8000": {"data_dir": "/home/me/mlps/var", "pid": 4242}}}
 
-The server side writes it (service/server/commands.py, which imports no client code, so the path and the shape are
-spelled out there too); this module only reads it.
+The server side writes it (service/server/commands.py); the path and the shape live in service.local_servers,
+which both sides import; this module only reads it.
 """
 
 import json
@@ -16,16 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from service.local_servers import process_alive
+from service.local_servers import registry_path as registry_path  # re-exported for the commands
+
 ADMIN_KEY_FILE = "admin.key"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-
-
-def registry_path() -> Path:
-    """$XDG_STATE_HOME/mlps/servers.json, else ~/.local/state/mlps/servers.json (a relative XDG_STATE_HOME is
-    ignored, as the XDG spec says)."""
-    state = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
-    return base / "mlps" / "servers.json"
 
 
 def loopback_url(base_url: str) -> str | None:
@@ -40,19 +35,6 @@ def loopback_url(base_url: str) -> str | None:
     host = "[::1]" if ":" in url.host else "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
     return f"{url.scheme}://{host}:{port}"
-
-
-def _alive(pid: object) -> bool:
-    """Whether the process that recorded an entry still runs (a server that was killed leaves its entry behind)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def recorded_data_dir(base_url: str) -> Path | None:
@@ -71,7 +53,7 @@ def recorded_data_dir(base_url: str) -> Path | None:
         return None
     entries = recorded.get("servers") if isinstance(recorded, dict) else None
     entry = entries.get(url) if isinstance(entries, dict) else None
-    if not isinstance(entry, dict) or not isinstance(entry.get("data_dir"), str) or not _alive(entry.get("pid")):
+    if not isinstance(entry, dict) or not isinstance(entry.get("data_dir"), str) or not process_alive(entry.get("pid")):
         return None
     return Path(entry["data_dir"])
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from service.local_servers import process_alive, registry_path
 from service.server.config import Settings
 
 if TYPE_CHECKING:
@@ -116,17 +117,8 @@ def _bootstrap_admin_key(settings: Settings) -> None:
 
 # ---------------------------------------------------------------- the per-user record of local servers
 # `mlps serve` and `mlps api` record, while they run, which data dir serves which loopback URL, so that a client
-# command run from any folder finds the admin key of a server on this machine. service/client/servers.py reads
-# the file; the two sides import nothing of each other, so its path and shape are spelled out on both:
-#     {"version": 1, "servers": {"http://127.0.0.1:8000": {"data_dir": "/home/me/mlps/var", "pid": 4242}}}
-
-
-def _servers_file() -> Path:
-    """$XDG_STATE_HOME/mlps/servers.json, else ~/.local/state/mlps/servers.json (a relative XDG_STATE_HOME is
-    ignored, as the XDG spec says)."""
-    state = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
-    return base / "mlps" / "servers.json"
+# command run from any folder finds the admin key of a server on this machine (path and shape: service.local_servers;
+# service/client/servers.py reads the file).
 
 
 def _loopback_urls(host: str, port: int) -> list[str]:
@@ -141,26 +133,13 @@ def _loopback_urls(host: str, port: int) -> list[str]:
     return []
 
 
-def _alive(pid: object) -> bool:
-    """Whether a recorded server's process still runs (one that was killed leaves its entry behind)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def _recorded_servers() -> Iterator[dict[str, Any]]:
     """The recorded servers (those still running), locked against servers starting or stopping at the same time,
     and written back (mode 0600, atomically) when the block ends."""
     import fcntl
 
-    path = _servers_file()
+    path = registry_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(path.with_name("servers.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -170,7 +149,7 @@ def _recorded_servers() -> Iterator[dict[str, Any]]:
             recorded = {}
         entries = recorded.get("servers") if isinstance(recorded, dict) else None
         servers = {url: entry for url, entry in (entries if isinstance(entries, dict) else {}).items()
-                   if isinstance(entry, dict) and _alive(entry.get("pid"))}
+                   if isinstance(entry, dict) and process_alive(entry.get("pid"))}
         yield servers
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -198,7 +177,7 @@ def _recorded(settings: Settings) -> Iterator[None]:
                 previous = {url: servers[url] for url in urls if url in servers}
                 servers.update(dict.fromkeys(urls, entry))
         except OSError as exc:
-            typer.echo(f"warning: cannot record this server in {_servers_file()} ({exc.strerror or exc}); client "
+            typer.echo(f"warning: cannot record this server in {registry_path()} ({exc.strerror or exc}); client "
                        f"commands elsewhere need MLPS_API_KEY_FILE={settings.data_dir.resolve() / ADMIN_KEY_FILE}",
                        err=True)
     try:
@@ -209,7 +188,7 @@ def _recorded(settings: Settings) -> Iterator[None]:
                 for url in urls:
                     if servers.get(url, {}).get("pid") != os.getpid():
                         continue
-                    if url in previous and _alive(previous[url].get("pid")):
+                    if url in previous and process_alive(previous[url].get("pid")):
                         servers[url] = previous[url]
                     else:
                         del servers[url]

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "linear", "threshold"]
 
@@ -19,14 +19,43 @@ class _Output(BaseModel):
 # ---------------------------------------------------------------- datasets
 
 
+ColumnKind = Literal["numeric", "categorical", "boolean", "datetime", "text", "identifier", "tensor"]
+# The kinds a user may give a column (PATCH /datasets/{id}, a job's column_kinds); tensor is an .npz array's own.
+SettableKind = Literal["numeric", "categorical", "boolean", "datetime", "text", "identifier"]
+
+
 class ColumnRead(BaseModel):
     name: str
-    kind: Literal["numeric", "categorical", "boolean", "tensor"]
+    kind: ColumnKind = Field(description="How the column is used: numeric, categorical (one-hot), boolean, "
+                                         "datetime (calendar features), text and identifier (left out unless a "
+                                         "job lists them), tensor (.npz)")
+    reason: str | None = Field(default=None, description="Why the column has its kind, e.g. 'identifier: 1168 "
+                                                         "distinct values in 1168 rows'")
+    inferred_kind: ColumnKind | None = Field(default=None, description="The kind inference gave, where the user "
+                                                                       "has set another")
+    datetime_layout: str | None = Field(default=None, description="How a datetime column writes its dates: iso, "
+                                                                  "ymd_slash, mdy, dmy, d_mon_y or mon_d_y")
     dtype: str
     shape: list[int] | None = Field(default=None, description="Per-record shape of an array column (.npz)")
     n_missing: int
     n_unique: int
     stats: dict[str, Any]
+
+
+class DataWarning(BaseModel):
+    code: str = Field(description="Stable code, e.g. identifier_column, rare_class (the README lists them)")
+    column: str | None = Field(default=None, description="The column it is about, if one")
+    message: str
+
+
+class Dialect(BaseModel):
+    format: str
+    delimiter: str
+    decimal: str = Field(description="The decimal point of the file's numbers: '.' or ','")
+    encoding: str = Field(description="The text encoding the file was read with")
+    quoted_newlines: bool = Field(description="Whether quoted fields hold line breaks")
+    thousands_separator: list[str] | None = Field(description="Digit-group separators read in numbers, if any")
+    missing_values: list[str] = Field(description="The cell values read as missing")
 
 
 class DatasetRead(_Output):
@@ -39,6 +68,23 @@ class DatasetRead(_Output):
     size_bytes: int
     sha256: str
     created_at: datetime
+    warnings: list[DataWarning] = Field(default_factory=list, description="What the service noticed about the "
+                                                                         "columns (the README lists the codes)")
+    dialect: Dialect | None = Field(default=None, description="How a CSV/TSV file was read")
+
+    @field_validator("warnings", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class DatasetUpdate(_Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"column_kinds": {"customer_id": "categorical", "joined": "datetime"}}]})
+
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    column_kinds: dict[Annotated[str, Field(min_length=1, max_length=1024)], SettableKind] | None = Field(
+        default=None, max_length=10_000, description="Kinds to set, by column name (see ColumnRead.kind)")
 
 
 class DatasetPreview(BaseModel):
@@ -169,7 +215,10 @@ class JobCreate(_Input):
                                   "null for an autoencoder)")
     features: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
         default=None, min_length=1, max_length=10_000,
-        description="Input columns; null means every column but the target")
+        description="Input columns; null means every column but the target and those of kind identifier or text "
+                    "(and constant or empty ones)")
+    column_kinds: dict[Annotated[str, Field(min_length=1, max_length=1024)], SettableKind] | None = Field(
+        default=None, max_length=10_000, description="Kinds for this job, by column name, over the data set's")
     task: Literal["auto", "classification", "regression"] = "auto"
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -180,8 +229,20 @@ class JobCreate(_Input):
 
 
 class Progress(BaseModel):
-    epoch: int
+    epoch: int = Field(description="Epochs finished")
     epochs: int
+    # The epoch in progress (epoch + 1), once it has run a few seconds: a long epoch's steps, rate and time left.
+    step: int | None = Field(default=None, description="Steps done in the epoch in progress (shown once that "
+                                                       "epoch has run a few seconds)")
+    steps: int | None = Field(default=None, description="Steps in the epoch in progress")
+    samples_per_second: float | None = Field(default=None, description="Training rows per second in that epoch")
+    eta_s: float | None = Field(default=None, description="Seconds left in that epoch at that rate")
+
+    @classmethod
+    def of(cls, epoch: int, epochs: int, step_progress: dict[str, Any] | None) -> "Progress":
+        """A job's progress from its row: the epoch in progress's steps only while they are that epoch's."""
+        steps = step_progress if step_progress and step_progress.get("epoch") == epoch + 1 else {}
+        return cls(epoch=epoch, epochs=epochs, **{k: v for k, v in steps.items() if k != "epoch"})
 
 
 class JobRead(_Output):
@@ -198,6 +259,7 @@ class JobRead(_Output):
     cancel_requested: bool
     waiting_for: str | None = None
     error: str | None
+    warnings: list[DataWarning] = Field(default_factory=list, description="What the checks at submit found")
     result: dict[str, Any] | None
     metrics: dict[str, Any] | None = Field(default=None, description="The kept model's figures once the job "
                                                                      "succeeded (not the last epoch's)")
@@ -206,6 +268,10 @@ class JobRead(_Output):
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None = None
+    search_id: str | None = Field(default=None, description="The search this job is a trial of")
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    notes: str | None = None
 
 
 class EpochMetricsRead(BaseModel):
@@ -261,6 +327,179 @@ class JobMetrics(BaseModel):
                                   "finished before the service reported them")
 
 
+Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+                           description="Letters, digits and . _ : - (at most 64, starting with a letter or digit)")]
+Name = Annotated[str, Field(min_length=1, max_length=255)]
+Notes = Annotated[str, Field(max_length=10_000)]
+
+
+class LabelsUpdate(_Input):
+    """PATCH body of a job or a search: the fields given replace the stored ones (null clears a name or notes)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"name": "baseline", "tags": ["iris", "v1"], "notes": "the default spec"}]})
+
+    name: Name | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=32, description="Replaces every tag")
+    notes: Notes | None = None
+
+
+class ComparedJob(BaseModel):
+    id: str
+    name: str | None
+    status: str
+    search_id: str | None
+    epochs_run: int
+    metrics: dict[str, Any] | None = Field(description="The kept model's figures once the job succeeded, else its "
+                                                       "latest epoch's")
+
+
+class MetricHistory(BaseModel):
+    metric: str
+    epochs: list[int] = Field(description="Every epoch any of the jobs ran, in order")
+    values: dict[str, list[float | None]] = Field(description="Per job id, the metric at each of `epochs` (null "
+                                                              "where the job has no such epoch)")
+
+
+class SpecDifference(BaseModel):
+    field: str = Field(description="Dotted path in the resolved spec, e.g. training.learning_rate")
+    values: dict[str, Any] = Field(description="Per job id, its value there")
+
+
+class JobComparison(BaseModel):
+    jobs: list[ComparedJob]
+    histories: list[MetricHistory] = Field(description="Per-epoch metrics of the jobs, aligned on epoch numbers")
+    differences: list[SpecDifference] = Field(description="The spec fields whose values are not the same in every "
+                                                          "job")
+
+
+# ---------------------------------------------------------------- searches
+
+
+class ChoiceParam(_Input):
+    type: Literal["choice"]
+    values: list[Any] = Field(min_length=1, max_length=256,
+                              description="The values to try, e.g. layer lists [[64], [64, 64]]")
+
+
+class FloatParam(_Input):
+    type: Literal["float"]
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
+    log: bool = Field(default=False, description="Sample log-uniformly (low must be above 0)")
+
+
+class IntParam(_Input):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(default=1, ge=1, le=1_000_000)
+
+
+SearchParam = Annotated[ChoiceParam | FloatParam | IntParam, Field(discriminator="type")]
+SpecPath = Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z_]+)?$", max_length=64)]
+
+
+class SearchBudget(_Input):
+    trials: int | None = Field(default=None, ge=1, le=1000, description="Trials to run (a grid: at most its size)")
+    max_wall_s: int | None = Field(default=None, ge=1, le=30 * 24 * 3600,
+                                   description="Stop after this many seconds: queued trials are cancelled, "
+                                               "running ones stopped")
+
+
+class PrunerSpec(_Input):
+    type: Literal["median", "successive_halving"]
+    warmup_epochs: int = Field(default=5, ge=0, le=100_000,
+                               description="median: epochs before a trial can be pruned; successive_halving: the "
+                                           "first rung's epoch")
+    startup_trials: int = Field(default=4, ge=0, le=1000, description="median: completed trials before any pruning")
+    reduction_factor: int = Field(default=3, ge=2, le=16, description="successive_halving: 1/n of the trials go on "
+                                                                      "at each rung")
+
+
+class SearchCreate(_Input):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{
+            "spec": {"dataset_id": "ds_0123456789abcdef", "target": "species", "model": {"type": "mlp"}},
+            "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                      "model.hidden_layers": {"type": "choice", "values": [[32], [64, 64]]}},
+            "sampler": "tpe", "budget": {"trials": 20}, "metric": "val_accuracy"}]},
+    )
+
+    spec: JobCreate = Field(description="The base job spec every trial starts from")
+    space: dict[SpecPath, SearchParam] = Field(min_length=1, max_length=32,
+                                               description="Spec field (dotted, e.g. training.learning_rate) -> its "
+                                                           "values or range")
+    sampler: Literal["grid", "random", "tpe"] = Field(default="tpe", description="grid: every combination of "
+                                                      "choices; random; tpe: Optuna's tree-structured Parzen "
+                                                      "estimator")
+    budget: SearchBudget = Field(default_factory=SearchBudget)
+    metric: str = Field(default="val_loss", max_length=64, description="A validation metric of the task, from the "
+                                                                       "kept model's figures")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        default=None, description="Default: minimize for val_loss, val_rmse and val_mae, else maximize")
+    pruner: PrunerSpec | None = Field(default=None, description="Stop poor trials early on their per-epoch metric")
+    parallelism: int = Field(default=4, ge=1, le=256, description="Trials queued or running at once")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    refit: bool = Field(default=False, description="Once the search ends, train the best trial's configuration "
+                                                   "again on all rows (no validation or test split; a single "
+                                                   "network for the epochs the best trial kept): the job "
+                                                   "'<name> refit'")
+    name: Name | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
+    notes: Notes | None = None
+
+
+class TrialRead(BaseModel):
+    number: int
+    state: Literal["running", "complete", "pruned", "failed", "cancelled"]
+    params: dict[str, Any]
+    value: float | None = Field(description="The metric: the kept model's (complete) or the last epoch's (pruned)")
+    job_id: str | None
+    job_status: str | None
+    epochs: int = Field(description="Epochs the trial's job ran")
+    duration_s: float | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SearchProgress(BaseModel):
+    trials_done: int = Field(description="Trials that ended (complete, pruned, failed or cancelled)")
+    trials_running: int
+    trials_budget: int | None = Field(description="Null when only the wall time bounds the search")
+    elapsed_s: float
+    max_wall_s: int | None
+
+
+class SearchRead(BaseModel):
+    id: str
+    status: Literal["running", "succeeded", "failed", "cancelled"]
+    name: str | None
+    tags: list[str]
+    notes: str | None
+    dataset_id: str | None
+    task: str
+    sampler: str
+    metric: str
+    direction: Literal["minimize", "maximize"]
+    spec: dict[str, Any] = Field(description="The request: base spec, space, budget, pruner, parallelism, seed")
+    progress: SearchProgress
+    best: TrialRead | None = Field(description="The best complete trial so far")
+    model_id: str | None = Field(description="The best trial's model")
+    refit_job_id: str | None = Field(default=None, description="With refit: the job training the best "
+                                                               "configuration on all rows")
+    refit_model_id: str | None = Field(default=None, description="Its model, once it succeeded")
+    leaderboard: list[TrialRead] | None = Field(
+        default=None, description="Trials with a metric, best first (complete ones, then pruned); GET "
+                                  "/searches/{id} only")
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
 # ---------------------------------------------------------------- models and predict
 
 
@@ -285,7 +524,13 @@ class PredictRequest(_Input):
             {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]}]},
     )
 
-    model_id: str = Field(min_length=1, max_length=64)
+    model_id: str | None = Field(default=None, min_length=1, max_length=64,
+                                 description="The model's id (or a registry reference, as in 'model'); send "
+                                             "model_id or model")
+    model: str | None = Field(default=None, min_length=1, max_length=200,
+                              description="The model as the registry names it: 'name@alias' (iris@production) or "
+                                          "'name:version' (iris:3); an id works too",
+                              examples=["iris@production"])
     records: list[dict[str, Any]] | None = Field(default=None, min_length=1,
                                                  description="One object per row, keyed by column name")
     inputs: list[Any] | None = Field(default=None, min_length=1,
@@ -319,6 +564,70 @@ class PredictResponse(BaseModel):
                                   "deviation of the predicted class's probability, disagreement: the weight of "
                                   "members whose own answer differs}; regression {std: the members' standard "
                                   "deviation, in the target's units (one per target for several)}")
+
+
+# ---------------------------------------------------------------- the model registry
+
+REGISTRY_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ALIAS_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+class RegisterModel(_Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model_id": "mdl_0123456789abcdef"}]})
+
+    model_id: str = Field(min_length=1, max_length=64, description="The trained model to register as the next "
+                                                                    "version of the name")
+
+
+class ModelVersionRead(BaseModel):
+    name: str
+    version: int = Field(description="Numbered 1, 2, ... per name; a number is never reused")
+    model_id: str
+    aliases: list[str] = Field(description="The aliases that point at this version now")
+    registered_by: str = Field(description="The owner of the key that registered it")
+    registered_at: datetime
+
+
+class RegisteredModelRead(BaseModel):
+    name: str
+    owner: str
+    latest_version: int | None = Field(description="The newest version still present (null when every version's "
+                                                    "model was deleted)")
+    versions: int = Field(description="How many versions are present")
+    aliases: dict[str, int] = Field(description="alias -> the version it points at")
+    created_at: datetime
+    updated_at: datetime
+
+
+class AliasMoveRequest(_Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 3}]})
+
+    version: int = Field(ge=1, le=10**9, description="The version the alias is to point at")
+    expected_version: int | None = Field(
+        default=None, ge=0, le=10**9,
+        description="Move only if the alias points at this version now (0: only if it does not exist yet); "
+                    "otherwise 409 naming the version it points at. Without it the move always happens")
+
+
+class AliasRead(BaseModel):
+    name: str
+    alias: str
+    version: int
+    model_id: str
+    previous_version: int | None = Field(description="The version the alias pointed at before its last move (null "
+                                                      "when that move created it)")
+    moved_by: str = Field(description="The owner of the key that moved it last")
+    moved_at: datetime
+
+
+class AliasMoveRead(BaseModel):
+    alias: str
+    from_version: int | None = Field(description="null: the move created the alias")
+    to_version: int | None = Field(description="null: the move removed the alias")
+    model_id: str | None = Field(description="The model the alias pointed at after the move")
+    moved_by: str = Field(description="The owner of the key that moved it")
+    key_id: str = Field(description="The id of that key")
+    moved_at: datetime
 
 
 T = TypeVar("T")

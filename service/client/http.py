@@ -35,7 +35,7 @@ LONG_READ_TIMEOUT_S = 600.0
 MAX_RECONNECTS = 8
 
 T = TypeVar("T")
-EventKind = Literal["status", "epoch"]
+EventKind = Literal["status", "epoch", "steps"]
 
 
 # ---------------------------------------------------------------- response shapes
@@ -50,14 +50,36 @@ class Page(TypedDict, Generic[T]):
     offset: int
 
 
+ColumnKind = Literal["numeric", "categorical", "boolean", "datetime", "text", "identifier", "tensor"]
+
+
 class Column(TypedDict):
     name: str
-    kind: Literal["numeric", "categorical", "boolean", "tensor"]
+    kind: ColumnKind
+    reason: NotRequired[str | None]  # why the column has its kind
+    inferred_kind: NotRequired[ColumnKind | None]  # where the user set another
+    datetime_layout: NotRequired[str | None]
     dtype: str
     n_missing: int
     n_unique: int
     stats: dict[str, Any]
     shape: NotRequired[list[int] | None]
+
+
+class DataWarning(TypedDict):
+    code: str  # stable: identifier_column, rare_class, target_leak, ...
+    column: NotRequired[str | None]
+    message: str
+
+
+class Dialect(TypedDict):
+    format: str
+    delimiter: str
+    decimal: str
+    encoding: str
+    quoted_newlines: bool
+    thousands_separator: list[str] | None
+    missing_values: list[str]
 
 
 class Dataset(TypedDict):
@@ -70,6 +92,8 @@ class Dataset(TypedDict):
     size_bytes: int
     sha256: str
     created_at: str
+    warnings: NotRequired[list[DataWarning]]
+    dialect: NotRequired[Dialect | None]
 
 
 class DatasetPreview(TypedDict):
@@ -81,6 +105,11 @@ class DatasetPreview(TypedDict):
 class Progress(TypedDict):
     epoch: int
     epochs: int
+    # the epoch in progress, once it has run a few seconds
+    step: NotRequired[int | None]
+    steps: NotRequired[int | None]
+    samples_per_second: NotRequired[float | None]
+    eta_s: NotRequired[float | None]
 
 
 class Job(TypedDict):
@@ -97,6 +126,7 @@ class Job(TypedDict):
     cancel_requested: bool
     waiting_for: NotRequired[str | None]
     error: str | None
+    warnings: NotRequired[list[DataWarning]]  # what the checks at submit found
     result: dict[str, Any] | None
     metrics: NotRequired[dict[str, Any] | None]  # the kept model's figures once succeeded
     model_id: str | None
@@ -104,6 +134,10 @@ class Job(TypedDict):
     started_at: str | None
     finished_at: str | None
     duration_s: NotRequired[float | None]
+    search_id: NotRequired[str | None]  # the search this job is a trial of
+    name: NotRequired[str | None]
+    tags: NotRequired[list[str]]
+    notes: NotRequired[str | None]
 
 
 class EpochMetrics(TypedDict):
@@ -175,6 +209,45 @@ class Embedding(TypedDict):
     embeddings: list[list[float]]
 
 
+class RegisteredModel(TypedDict):
+    name: str
+    owner: str
+    latest_version: int | None  # the newest version still present
+    versions: int  # how many are present
+    aliases: dict[str, int]  # alias -> version
+    created_at: str
+    updated_at: str
+
+
+class ModelVersion(TypedDict):
+    name: str
+    version: int
+    model_id: str
+    aliases: list[str]  # the aliases that point at this version now
+    registered_by: str
+    registered_at: str
+
+
+class Alias(TypedDict):
+    name: str
+    alias: str
+    version: int
+    model_id: str
+    previous_version: int | None  # before its last move (None: that move created it)
+    moved_by: str
+    moved_at: str
+
+
+class AliasMove(TypedDict):
+    alias: str
+    from_version: int | None  # None: the move created the alias
+    to_version: int | None  # None: the move removed it
+    model_id: str | None
+    moved_by: str
+    key_id: str
+    moved_at: str
+
+
 class Worker(TypedDict):
     id: str
     host: str
@@ -191,9 +264,81 @@ class WorkerList(TypedDict):
     items: list[Worker]
 
 
+class ComparedJob(TypedDict):
+    id: str
+    name: str | None
+    status: str
+    search_id: str | None
+    epochs_run: int
+    metrics: dict[str, Any] | None  # the kept model's figures once succeeded, else the latest epoch's
+
+
+class MetricHistory(TypedDict):
+    metric: str
+    epochs: list[int]
+    values: dict[str, list[float | None]]  # job id -> the metric at each of `epochs`
+
+
+class SpecDifference(TypedDict):
+    field: str  # dotted, e.g. training.learning_rate
+    values: dict[str, Any]  # job id -> its value
+
+
+class JobComparison(TypedDict):
+    jobs: list[ComparedJob]
+    histories: list[MetricHistory]
+    differences: list[SpecDifference]
+
+
+class Trial(TypedDict):
+    number: int
+    state: Literal["running", "complete", "pruned", "failed", "cancelled"]
+    params: dict[str, Any]
+    value: float | None
+    job_id: str | None
+    job_status: str | None
+    epochs: int
+    duration_s: float | None
+    error: str | None
+    created_at: str
+    finished_at: str | None
+
+
+class SearchProgress(TypedDict):
+    trials_done: int
+    trials_running: int
+    trials_budget: int | None  # None: only the wall time bounds it
+    elapsed_s: float
+    max_wall_s: int | None
+
+
+class Search(TypedDict):
+    id: str
+    status: Literal["running", "succeeded", "failed", "cancelled"]
+    name: str | None
+    tags: list[str]
+    notes: str | None
+    dataset_id: str | None
+    task: str
+    sampler: str
+    metric: str
+    direction: Literal["minimize", "maximize"]
+    spec: dict[str, Any]
+    progress: SearchProgress
+    best: Trial | None
+    model_id: str | None
+    refit_job_id: NotRequired[str | None]  # with refit: the best configuration trained on all rows
+    refit_model_id: NotRequired[str | None]
+    leaderboard: NotRequired[list[Trial] | None]  # best first; GET /searches/{id} only
+    error: str | None
+    created_at: str
+    finished_at: str | None
+
+
 @dataclass(frozen=True)
 class JobEvent:
-    """One event of a job's progress: a status change (data: the job) or an epoch (data: its metrics)."""
+    """One event of a job's progress: a status change (data: the job), an epoch (data: its metrics) or, in a long
+    epoch, where its steps stand (`steps`; data: epoch in progress, step, steps, samples_per_second, eta_s)."""
 
     kind: EventKind
     data: dict[str, Any]
@@ -401,6 +546,16 @@ class Client:
         """GET /datasets/{id}/preview: the first rows."""
         return cast(DatasetPreview, self._json("GET", f"/datasets/{dataset_id}/preview", params={"limit": limit}))
 
+    def update_dataset(self, dataset_id: str, *, name: str | None = None,
+                       column_kinds: dict[str, str] | None = None) -> Dataset:
+        """PATCH /datasets/{id}: rename it, or set the kinds of columns ({"customer_id": "categorical"})."""
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if column_kinds:
+            body["column_kinds"] = column_kinds
+        return cast(Dataset, self._json("PATCH", f"/datasets/{dataset_id}", json=body))
+
     def delete_dataset(self, dataset_id: str) -> None:
         """DELETE /datasets/{id} (409 while a queued or running job uses it)."""
         self._request("DELETE", f"/datasets/{dataset_id}")
@@ -412,14 +567,23 @@ class Client:
         return cast(Job, self._json("POST", "/jobs", json=spec))
 
     def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0,
-             dataset_id: str | None = None) -> Page[Job]:
-        """GET /jobs: a page of jobs, newest first, optionally filtered by status or data set."""
+             dataset_id: str | None = None, tag: str | None = None, name: str | None = None,
+             search_id: str | None = None) -> Page[Job]:
+        """GET /jobs: a page of jobs, newest first, optionally filtered by status, data set, tag, name or search."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
-        if status:
-            params["status"] = status
-        if dataset_id:
-            params["dataset_id"] = dataset_id
+        for key, value in (("status", status), ("dataset_id", dataset_id), ("tag", tag), ("name", name),
+                           ("search_id", search_id)):
+            if value:
+                params[key] = value
         return cast(Page[Job], self._json("GET", "/jobs", params=params))
+
+    def update_job(self, job_id: str, **labels: Any) -> Job:
+        """PATCH /jobs/{id}: set name=, tags= (replacing every tag) or notes= (None clears a name or notes)."""
+        return cast(Job, self._json("PATCH", f"/jobs/{job_id}", json=labels))
+
+    def compare(self, job_ids: list[str]) -> JobComparison:
+        """GET /jobs/compare: aligned per-epoch metrics, final metrics and the spec fields that differ."""
+        return cast(JobComparison, self._json("GET", "/jobs/compare", params={"ids": ",".join(job_ids)}))
 
     def job(self, job_id: str) -> Job:
         """GET /jobs/{id}: status, progress, latest metrics, result."""
@@ -456,7 +620,7 @@ class Client:
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 raise _EventsUnavailable()
             for kind, data, event_id in parse_sse(response.iter_lines()):
-                if kind in ("status", "epoch"):
+                if kind in ("status", "epoch", "steps"):
                     yield JobEvent(kind=cast(EventKind, kind), data=json.loads(data), id=event_id)
 
     def wait(self, job_id: str, timeout: float | None = None,
@@ -510,7 +674,7 @@ class Client:
     def _poll(self, job_id: str, deadline: float | None, on_update: Callable[[JobEvent], None] | None,
               poll_interval: float) -> Job:
         """wait() without an event stream: GET the job (and new epochs' metrics) every poll_interval."""
-        status, epochs_seen = None, 0
+        status, epochs_seen, steps_seen = None, 0, None
         while True:
             job = self.job(job_id)
             if on_update is not None and job["progress"]["epoch"] > epochs_seen:
@@ -524,10 +688,73 @@ class Client:
                 status = job["status"]
                 if on_update is not None:
                     on_update(JobEvent(kind="status", data=dict(job)))
+            progress = job["progress"]
+            if on_update is not None and status == "running" and progress.get("step") is not None \
+                    and progress != steps_seen:
+                steps_seen = progress
+                on_update(JobEvent(kind="steps", data={"job_id": job_id, **progress, "epoch": progress["epoch"] + 1}))
             if status in TERMINAL_STATUSES:
                 return job
             _check_deadline(deadline, job_id, status)
             time.sleep(poll_interval)
+
+    # ------------------------------------------------------------ searches
+
+    def start_search(self, request: dict[str, Any]) -> Search:
+        """POST /searches: a base spec ("spec"), a "space", a sampler, a budget and a metric; queues its first
+        trials."""
+        return cast(Search, self._json("POST", "/searches", json=request))
+
+    def searches(self, status: str | None = None, tag: str | None = None, name: str | None = None,
+                 limit: int = 50, offset: int = 0) -> Page[Search]:
+        """GET /searches: a page of searches, newest first (without their leaderboards)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        for key, value in (("status", status), ("tag", tag), ("name", name)):
+            if value:
+                params[key] = value
+        return cast(Page[Search], self._json("GET", "/searches", params=params))
+
+    def search(self, search_id: str) -> Search:
+        """GET /searches/{id}: status, progress, the best trial and the leaderboard."""
+        return cast(Search, self._json("GET", f"/searches/{search_id}"))
+
+    def search_trials(self, search_id: str) -> list[Trial]:
+        """GET /searches/{id}/trials: every trial, in order."""
+        return cast(list[Trial], self._json("GET", f"/searches/{search_id}/trials"))
+
+    def update_search(self, search_id: str, **labels: Any) -> Search:
+        """PATCH /searches/{id}: set name=, tags= or notes=."""
+        return cast(Search, self._json("PATCH", f"/searches/{search_id}", json=labels))
+
+    def cancel_search(self, search_id: str) -> Search:
+        """POST /searches/{id}/cancel: queued trials are cancelled, running ones stopped."""
+        return cast(Search, self._json("POST", f"/searches/{search_id}/cancel"))
+
+    def search_events(self, search_id: str) -> Iterator[Search]:
+        """GET /searches/{id}/events: the search (with its leaderboard) each time a trial moves, until it ends."""
+        timeout = httpx.Timeout(self.timeout, read=EVENT_READ_TIMEOUT_S)
+        try:
+            with self._http.stream("GET", f"/searches/{search_id}/events", timeout=timeout,
+                                   headers={"accept": "text/event-stream"}) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.from_response(response)
+                for kind, data, _ in parse_sse(response.iter_lines()):
+                    if kind == "search":
+                        yield cast(Search, json.loads(data))
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def wait_search(self, search_id: str, timeout: float | None = None, interval: float = 1.0) -> Search:
+        """Poll GET /searches/{id} until the search and its trials have ended (TimeoutError after `timeout` s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            search = self.search(search_id)
+            if search["status"] != "running" and search["progress"]["trials_running"] == 0:
+                return search
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"search {search_id} is still {search['status']} after {timeout} s")
+            time.sleep(interval)
 
     # ------------------------------------------------------------ models and predictions
 
@@ -550,6 +777,20 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
+    def export_model(self, model_id: str, out_path: str | Path | IO[bytes],
+                     format: Literal["onnx"] = "onnx") -> None:
+        """GET /models/{id}/export: the model as one self-contained ONNX file (raw feature columns in, probabilities
+        or values out), saved to out_path."""
+        try:
+            with self._http.stream("GET", f"/models/{model_id}/export", params={"format": format},
+                                   timeout=self._long_timeout()) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiError.from_response(response)
+                _save_stream(response, out_path)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
     def delete_model(self, model_id: str) -> None:
         """DELETE /models/{id}: its record, files and cached copies (the job that trained it stays)."""
         self._request("DELETE", f"/models/{model_id}")
@@ -557,8 +798,10 @@ class Client:
     def predict(self, model_id: str, records: list[dict[str, Any]] | None = None,
                 inputs: list[Any] | None = None, uncertainty: bool = False) -> Prediction:
         """POST /predict: records keyed by column name, or `inputs` (nested arrays) for array models; with
-        `uncertainty`, an ensemble's member spread per record."""
-        body: dict[str, Any] = {"model_id": model_id}
+        `uncertainty`, an ensemble's member spread per record. `model_id` may be a registry reference
+        ('iris@production', 'iris:3')."""
+        # a registry reference ('iris@production', 'iris:3') goes as `model`, an id as `model_id`
+        body: dict[str, Any] = {"model" if "@" in model_id or ":" in model_id else "model_id": model_id}
         if uncertainty:
             body["uncertainty"] = True
         if records is not None:
@@ -599,6 +842,50 @@ class Client:
                                   "down the file may not fit the model: see the server log") from None
             except httpx.TransportError as exc:
                 raise self._unreachable(exc) from None
+
+    # ------------------------------------------------------------ the model registry
+
+    def registered_models(self, limit: int = 50, offset: int = 0) -> Page[RegisteredModel]:
+        """GET /registry: your registered names, alphabetically."""
+        return cast(Page[RegisteredModel], self._json("GET", "/registry", params={"limit": limit, "offset": offset}))
+
+    def register_model(self, name: str, model_id: str) -> ModelVersion:
+        """POST /registry/{name}: register a model as the name's next version (the name is created on first use)."""
+        return cast(ModelVersion, self._json("POST", f"/registry/{name}", json={"model_id": model_id}))
+
+    def registered_model(self, name: str) -> RegisteredModel:
+        """GET /registry/{name}: its newest version, how many there are, its aliases."""
+        return cast(RegisteredModel, self._json("GET", f"/registry/{name}"))
+
+    def model_versions(self, name: str, limit: int = 50, offset: int = 0) -> Page[ModelVersion]:
+        """GET /registry/{name}/versions: the name's versions, newest first."""
+        return cast(Page[ModelVersion], self._json("GET", f"/registry/{name}/versions",
+                                                   params={"limit": limit, "offset": offset}))
+
+    def model_version(self, name: str, version: int) -> ModelVersion:
+        """GET /registry/{name}/versions/{version}: one version's model and aliases."""
+        return cast(ModelVersion, self._json("GET", f"/registry/{name}/versions/{version}"))
+
+    def move_alias(self, name: str, alias: str, version: int, expected_version: int | None = None) -> Alias:
+        """PUT /registry/{name}/aliases/{alias}: point the alias at a version, atomically; with `expected_version`
+        only if it points there now (0: only if it does not exist yet), else an ApiError 409."""
+        body: dict[str, Any] = {"version": version}
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        return cast(Alias, self._json("PUT", f"/registry/{name}/aliases/{alias}", json=body))
+
+    def alias(self, name: str, alias: str) -> Alias:
+        """GET /registry/{name}/aliases/{alias}: where it points, who moved it there, when."""
+        return cast(Alias, self._json("GET", f"/registry/{name}/aliases/{alias}"))
+
+    def alias_history(self, name: str, alias: str, limit: int = 50, offset: int = 0) -> Page[AliasMove]:
+        """GET /registry/{name}/aliases/{alias}/history: every move of the alias, newest first."""
+        return cast(Page[AliasMove], self._json("GET", f"/registry/{name}/aliases/{alias}/history",
+                                                params={"limit": limit, "offset": offset}))
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        """DELETE /registry/{name}/aliases/{alias}: remove the alias (its versions stay; the removal is recorded)."""
+        self._request("DELETE", f"/registry/{name}/aliases/{alias}")
 
 
 def _mentions(response: httpx.Response, job_id: str) -> bool:

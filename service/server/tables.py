@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.server.db import Base, UTCDateTime, utcnow
@@ -54,6 +54,8 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # {code, column, message}
+    dialect: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # how a text table was read
 
 
 class Job(Base):
@@ -76,15 +78,79 @@ class Job(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     epochs: Mapped[int] = mapped_column(Integer)
     latest_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The epoch in progress, when it is long: {"epoch", "step", "steps", "samples_per_second", "eta_s"}
+    step_progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The newest checkpoint a lease holder recorded: {"epoch": k, "file": name}; the files alone prove nothing.
     checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    warnings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)  # found at submit: {code, column, message}
     model_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A search's trial belongs to its search; name, tags and notes are the user's own labels.
+    search_id: Mapped[str | None] = mapped_column(ForeignKey("searches.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str | None] = mapped_column(String(255), index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class SearchStatus(StrEnum):
+    RUNNING = "running"  # trials are being created and trained until the budget is spent
+    SUCCEEDED = "succeeded"  # terminal: the budget is spent and at least one trial completed
+    FAILED = "failed"  # terminal: the budget is spent and no trial completed
+    CANCELLED = "cancelled"  # terminal: cancelled by the user; its queued trials were cancelled, running ones stopped
+
+
+class TrialState(StrEnum):
+    RUNNING = "running"  # its job is queued or running
+    COMPLETE = "complete"  # its job succeeded; value holds the metric
+    PRUNED = "pruned"  # stopped early by the pruner (its job cancelled); value holds the last epoch's metric
+    FAILED = "failed"  # its job failed, or its parameters made a spec the server refuses (error says why)
+    CANCELLED = "cancelled"  # its job was cancelled with the search, or by the user
+
+
+class Search(Base):
+    """A hyperparameter search: the request as submitted (base spec, space, sampler, budget, metric) in `spec`;
+    its trials in search_trials, each a job."""
+
+    __tablename__ = "searches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=ADMIN_OWNER)
+    dataset_id: Mapped[str | None] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    notes: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=SearchStatus.RUNNING, index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    task: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    best_trial: Mapped[int | None] = mapped_column(Integer)
+    model_id: Mapped[str | None] = mapped_column(String(32))
+    refit_job_id: Mapped[str | None] = mapped_column(String(32))  # the best configuration trained on all rows
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SearchTrial(Base):
+    __tablename__ = "search_trials"
+    # Two drivers (two API processes, a restart) racing to create trial n: the second insert fails here.
+    __table_args__ = (UniqueConstraint("search_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=TrialState.RUNNING)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    value: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class EpochMetric(Base):
@@ -113,6 +179,67 @@ class Model(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RegisteredName(Base):
+    """A name in the model registry, in its owner's namespace; last_version numbers its versions 1, 2, ..."""
+
+    __tablename__ = "registry_names"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_registry_names_owner"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    last_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelVersion(Base):
+    """Version N of a registered name: one trained model (deleted with it, unless an alias holds it)."""
+
+    __tablename__ = "registry_versions"
+    __table_args__ = (UniqueConstraint("name_id", "version", name="uq_registry_versions_name_id"),
+                      UniqueConstraint("name_id", "model_id", name="uq_registry_versions_name_id_model_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name_id: Mapped[str] = mapped_column(ForeignKey("registry_names.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    registered_by: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RegistryAlias(Base):
+    """An alias (production, staging, ...) of a registered name, pointing at one of its versions."""
+
+    __tablename__ = "registry_aliases"
+    __table_args__ = (UniqueConstraint("name_id", "alias", name="uq_registry_aliases_name_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name_id: Mapped[str] = mapped_column(ForeignKey("registry_names.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(64))
+    # RESTRICT: the database itself refuses to delete a model an alias points at.
+    version_id: Mapped[int] = mapped_column(ForeignKey("registry_versions.id", ondelete="RESTRICT"), index=True)
+    moved_by: Mapped[str] = mapped_column(String(64))
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AliasMove(Base):
+    """The audit record of one alias move: who (owner and key) moved which alias from which version to which,
+    when. to_version is null when the alias was removed."""
+
+    __tablename__ = "registry_alias_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name_id: Mapped[str] = mapped_column(ForeignKey("registry_names.id", ondelete="CASCADE"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int | None] = mapped_column(Integer)
+    model_id: Mapped[str | None] = mapped_column(String(32))
+    moved_by: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32))
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Worker(Base):

@@ -26,16 +26,33 @@ OPERATIONS = {
     ("GET", "/datasets"): Client.datasets,
     ("GET", "/datasets/{dataset_id}"): Client.dataset,
     ("GET", "/datasets/{dataset_id}/preview"): Client.preview,
+    ("PATCH", "/datasets/{dataset_id}"): Client.update_dataset,
     ("POST", "/jobs"): Client.submit_job,
     ("GET", "/jobs"): Client.jobs,
     ("GET", "/jobs/{job_id}"): Client.job,
     ("GET", "/jobs/{job_id}/metrics"): Client.metrics,
     ("POST", "/jobs/{job_id}/cancel"): Client.cancel,
+    ("PATCH", "/jobs/{job_id}"): Client.update_job,
+    ("GET", "/jobs/compare"): Client.compare,
+    ("POST", "/searches"): Client.start_search,
+    ("GET", "/searches"): Client.searches,
+    ("GET", "/searches/{search_id}"): Client.search,
+    ("PATCH", "/searches/{search_id}"): Client.update_search,
+    ("GET", "/searches/{search_id}/trials"): Client.search_trials,
+    ("POST", "/searches/{search_id}/cancel"): Client.cancel_search,
     ("GET", "/models"): Client.models,
     ("GET", "/models/{model_id}"): Client.model,
     ("POST", "/predict"): Client.predict,
     ("POST", "/models/{model_id}/embed"): Client.embed,
     ("GET", "/workers"): Client.workers,
+    ("GET", "/registry"): Client.registered_models,
+    ("POST", "/registry/{name}"): Client.register_model,
+    ("GET", "/registry/{name}"): Client.registered_model,
+    ("GET", "/registry/{name}/versions"): Client.model_versions,
+    ("GET", "/registry/{name}/versions/{version}"): Client.model_version,
+    ("PUT", "/registry/{name}/aliases/{alias}"): Client.move_alias,
+    ("GET", "/registry/{name}/aliases/{alias}"): Client.alias,
+    ("GET", "/registry/{name}/aliases/{alias}/history"): Client.alias_history,
 }
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
@@ -174,8 +191,8 @@ class _Wrong(TypedDict):
 
 def test_the_comparison_finds_keys_required_keys_and_types_that_differ(openapi):
     found = mismatches(_Wrong, {"$ref": "#/components/schemas/DatasetRead"}, openapi, "_Wrong")
-    assert found[0] == ("_Wrong: keys only in the client ['tags'], only in the schema ['created_at', 'n_columns', "
-                        "'n_rows', 'sha256', 'size_bytes']")
+    assert found[0] == ("_Wrong: keys only in the client ['tags'], only in the schema ['created_at', 'dialect', "
+                        "'n_columns', 'n_rows', 'sha256', 'size_bytes', 'warnings']")
     assert found[1] == ("_Wrong: required keys only in the client ['tags'], only in the schema ['created_at', "
                         "'n_columns', 'n_rows', 'name', 'sha256', 'size_bytes']")
     assert [f.split(":")[0] for f in found[2:]] == ["_Wrong.columns[]", "_Wrong.format", "_Wrong.id"]

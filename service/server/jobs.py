@@ -1,23 +1,40 @@
 """Jobs: validate a spec against its data set, submit, look up, list, and read metrics."""
 
+import json
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, String, cast, func, select
 from sqlalchemy.orm import Session
 
-from service.schemas import JobCreate, JobRead, ModelSpec, Progress
-from service.server import queue
+from service.schemas import (
+    ComparedJob,
+    JobComparison,
+    JobCreate,
+    JobRead,
+    LabelsUpdate,
+    MetricHistory,
+    ModelSpec,
+    Progress,
+    SpecDifference,
+)
+from service.server import datasets, queue
 from service.server.auth import Principal, can_see, visible
 from service.server.config import Settings
 from service.server.devices import waiting_reason
 from service.server.errors import InvalidInput, NotFound, TooManyRequests
 from service.server.spec import SPEC_VERSION, StoredSpec, read_spec, required
 from service.server.spec import resolve as resolve_spec
+from service.server.storage import Storage
 from service.server.tables import Dataset, EpochMetric, Job, JobStatus
-from service.training.ingest import infer_task
+from service.training import checks, dates
+from service.training.features import CATEGORICAL_KINDS
+from service.training.ingest import MAX_CATEGORY_LEVELS, DataError, infer_task
 from service.training.metrics import metric_names
 from service.training.nets import build_for, count_parameters, output_width
 
@@ -30,9 +47,11 @@ def _invalid(field: str, message: str) -> InvalidInput:
     return InvalidInput(message, errors=[{"field": field, "message": message}])
 
 
-def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], list[str], str]:
-    """Check the spec against the data set's columns and itself; return (targets, features, task)."""
-    columns = {c["name"]: c for c in dataset.columns}
+def resolve(spec: JobCreate, dataset: Dataset,
+            summaries: list[dict[str, Any]] | None = None) -> tuple[list[str], list[str], str]:
+    """Check the spec against the data set's columns (`summaries`: with the job's kinds) and itself; return
+    (targets, features, task)."""
+    columns = {c["name"]: c for c in (summaries or dataset.columns)}
     available = ", ".join(f"'{c}'" for c in columns)
     model = spec.model.type
     targets = [spec.target] if isinstance(spec.target, str) else list(spec.target or [])
@@ -80,7 +99,11 @@ def resolve(spec: JobCreate, dataset: Dataset) -> tuple[list[str], list[str], st
         task = infer_task(columns[targets[0]]) if spec.task == "auto" else spec.task
     for name in targets:
         col = columns[name]
-        if task == "regression" and col["kind"] != "numeric":
+        if col["kind"] in ("datetime", "tensor"):
+            raise _column_error(name, f"target '{name}' is a {col['kind']} column; a target is a class or a number "
+                                "(set its kind with column_kinds if it is one)", "target")
+        if task == "regression" and not (col["kind"] == "numeric" or (
+                col["kind"] == "identifier" and col["dtype"].startswith(("int", "uint")))):
             raise _column_error(name, f"target '{name}' is {col['kind']}; regression needs a numeric target "
                                 "(use task 'classification' or 'auto')", "task")
     for name in targets if task == "regression" else []:
@@ -161,8 +184,10 @@ def _check_ensemble(spec: StoredSpec, *, n_rows: int) -> None:
 def _width(column: dict[str, Any], model: ModelSpec) -> int:
     """Network inputs one column becomes (at most): one-hot for categories, every element of an array column;
     for the ensemble, a numeric column's bins and missing-value input too."""
-    if column["kind"] == "categorical":
-        return max(int(column["n_unique"]), 1)
+    if column["kind"] in CATEGORICAL_KINDS:
+        return max(min(int(column["n_unique"]), MAX_CATEGORY_LEVELS), 1)
+    if column["kind"] == "datetime":
+        return len(dates.inputs(list(dates.PARTS))) + 1
     if column["kind"] == "tensor":
         return math.prod(column.get("shape") or [1])
     if model.type == "ensemble" and column["kind"] == "numeric":
@@ -208,15 +233,53 @@ def check_limits(spec: StoredSpec, settings: Settings) -> None:
 
 def submit(*, session: Session, spec: JobCreate, principal: Principal, settings: Settings) -> Job:
     """Validate against the data set and the server's limits, and enqueue for the caller's owner."""
+    dataset, stored, found = check_with_warnings(session=session, spec=spec, principal=principal, settings=settings)
+    active = active_jobs(session=session, owner=principal.owner)
+    if active >= settings.max_active_jobs:
+        raise TooManyRequests(f"{principal.owner} already has {active} queued or running jobs, the most this "
+                              "server accepts; wait for some to finish or cancel them")
+    job = queue.enqueue(session=session, owner=principal.owner, dataset_id=dataset.id, spec=stored)
+    job.warnings = found
+    session.flush()
+    return job
+
+
+def active_jobs(*, session: Session, owner: str) -> int:
+    """The owner's queued and running jobs (what max_active_jobs bounds)."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.owner == owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))) or 0
+
+
+def check(*, session: Session, spec: JobCreate, principal: Principal, settings: Settings) -> tuple[Dataset, StoredSpec]:
+    """Everything submit checks but the active-job limit: (the data set, the resolved spec)."""
+    dataset, stored, _ = check_with_warnings(session=session, spec=spec, principal=principal, settings=settings)
+    return dataset, stored
+
+
+def check_with_warnings(*, session: Session, spec: JobCreate, principal: Principal,
+                        settings: Settings) -> tuple[Dataset, StoredSpec, list[dict[str, Any]]]:
+    """`check`, and what the job should be warned about (columns left out, its target, leaking features)."""
     dataset = session.get(Dataset, spec.dataset_id)
     if dataset is None or not can_see(principal, dataset.owner):
         raise NotFound(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
                        errors=[{"field": "dataset_id", "message": "unknown data set"}])
-    targets, features, task = resolve(spec, dataset)
-    columns = {c["name"]: c for c in dataset.columns}
+    storage = Storage(settings.data_dir)
+    summaries = dataset.columns
+    if spec.column_kinds:
+        summaries = datasets.with_kinds(storage=storage, dataset=dataset, kinds=spec.column_kinds,
+                                        field="column_kinds")
+    targets, features, task = resolve(spec, dataset, summaries)
+    features, found = checks.left_out(summaries, features, dataset.n_rows, listed=spec.features is not None)
+    if not features:
+        reasons = "; ".join(w["message"] for w in found[:5])
+        raise _invalid("features", f"no column is left to learn from: {reasons}")
+    columns = {c["name"]: c for c in summaries}
+    kinds = {f: columns[f]["kind"] for f in features} if dataset.format != "npz" else {}
+    layouts = {f: columns[f]["datetime_layout"] for f in features if kinds.get(f) == "datetime"}
     stored = resolve_spec(spec, targets=targets, features=features, task=task, n_rows=dataset.n_rows,
                           max_runtime_s=settings.max_runtime_s,
-                          n_numeric=sum(columns[f]["kind"] == "numeric" for f in features))
+                          n_numeric=sum(columns[f]["kind"] == "numeric" for f in features),
+                          column_kinds=kinds, date_layouts=layouts)
     check_spec(stored, dataset)
     check_limits(stored, settings)
     n_params = estimate_parameters(stored, dataset)
@@ -225,12 +288,33 @@ def submit(*, session: Session, spec: JobCreate, principal: Principal, settings:
                        f"{len(features)} feature column(s); this server accepts at most "
                        f"{settings.max_parameters:,}: use fewer or narrower layers"
                        + (" or fewer members" if stored.model.type == "ensemble" else ""))
-    active = session.scalar(select(func.count()).select_from(Job).where(
-        Job.owner == principal.owner, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))) or 0
-    if active >= settings.max_active_jobs:
-        raise TooManyRequests(f"{principal.owner} already has {active} queued or running jobs, the most this "
-                              "server accepts; wait for some to finish or cancel them")
-    return queue.enqueue(session=session, owner=principal.owner, dataset_id=dataset.id, spec=stored)
+    if dataset.format != "npz" and task in ("classification", "regression"):
+        found += _data_checks(storage.dataset_file(dataset.id, dataset.format), stored)
+    return dataset, stored, found
+
+
+def _holdout(spec: StoredSpec) -> float:
+    """The smallest share of a class's rows a split holds out: a fold's, the validation split's or the test's."""
+    folds = spec.model.folds or 1
+    shares = [1 / folds] if spec.model.type == "ensemble" and folds > 1 else []
+    shares += [f for f in (spec.training.validation_fraction, spec.training.test_fraction) if f]
+    return min(shares, default=0.0)
+
+
+def _data_checks(path: Path, spec: StoredSpec) -> list[dict[str, Any]]:
+    """The checks that read the data: the target's rows and classes (every row), leaking features (the first
+    rows); a target that cannot train is InvalidInput naming it."""
+    target = spec.targets[0]
+    found: list[dict[str, Any]] = []
+    try:
+        for name in spec.targets:
+            found += checks.target_checks(pq.read_table(path, columns=[name]).column(name), name, spec.task,
+                                          holdout=_holdout(spec))
+    except DataError as exc:
+        raise _column_error(exc.column or target, str(exc), "target") from None
+    features = spec.features[:checks.LEAK_COLUMNS]
+    batch = next(pq.ParquetFile(path).iter_batches(batch_size=checks.LEAK_ROWS, columns=[*features, target]))
+    return found + checks.leaks(pa.Table.from_batches([batch]), target, features, spec.task)
 
 
 def get(*, session: Session, job_id: str, principal: Principal) -> Job:
@@ -243,16 +327,77 @@ def get(*, session: Session, job_id: str, principal: Principal) -> Job:
 
 
 def list_(*, session: Session, principal: Principal, status: JobStatus | None, dataset_id: str | None, limit: int,
-          offset: int) -> tuple[list[Job], int]:
+          offset: int, tag: str | None = None, name: str | None = None,
+          search_id: str | None = None) -> tuple[list[Job], int]:
     """A page of the caller's jobs (every one for an admin), newest first, optionally filtered."""
     query = visible(select(Job), Job, principal)
     if status is not None:
         query = query.where(Job.status == status)
     if dataset_id is not None:
         query = query.where(Job.dataset_id == dataset_id)
+    if tag is not None:
+        query = query.where(has_tag(Job.tags, tag))
+    if name is not None:
+        query = query.where(Job.name == name)
+    if search_id is not None:
+        query = query.where(Job.search_id == search_id)
     total = session.scalar(select(func.count()).select_from(query.subquery()))
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     return list(rows), int(total or 0)
+
+
+def has_tag(column: Any, tag: str) -> ColumnElement[bool]:
+    """Rows whose JSON list of tags holds `tag` (the list's text holds it quoted; tags have no quotes)."""
+    return cast(column, String).contains(json.dumps(tag), autoescape=True)
+
+
+def update_labels(*, session: Session, job: Job, labels: LabelsUpdate) -> Job:
+    """PATCH a job's name, tags or notes: the fields given replace the stored ones."""
+    for field in labels.model_fields_set:
+        setattr(job, field, getattr(labels, field) if field != "tags" else list(labels.tags or []))
+    session.flush()
+    return job
+
+
+MAX_COMPARED = 20
+
+
+def compare(*, session: Session, principal: Principal, ids: list[str]) -> JobComparison:
+    """Jobs side by side: per-epoch metrics aligned on the epoch, final figures, and where the specs differ."""
+    if not 2 <= len(ids) <= MAX_COMPARED or len(set(ids)) != len(ids):
+        raise _invalid("ids", f"give 2 to {MAX_COMPARED} different job ids, comma-separated; got {len(ids)}"
+                       + (" with repeats" if len(set(ids)) != len(ids) else ""))
+    found = [get(session=session, job_id=job_id, principal=principal) for job_id in ids]
+    rows: dict[str, dict[int, dict[str, Any]]] = {j.id: {} for j in found}
+    for job_id, epoch, figures in session.execute(
+            select(EpochMetric.job_id, EpochMetric.epoch, EpochMetric.metrics).where(EpochMetric.job_id.in_(ids))):
+        rows[job_id][epoch] = epoch_figures(figures)
+    epochs = sorted({e for per_job in rows.values() for e in per_job})
+    names = sorted({k for per_job in rows.values() for m in per_job.values() for k, v in m.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"})
+    histories = [MetricHistory(metric=name, epochs=epochs,
+                               values={j: [rows[j].get(e, {}).get(name) for e in epochs] for j in ids})
+                 for name in names]
+    flat = {j.id: _flatten(_current_spec(j.spec)) for j in found}
+    fields = sorted({f for spec in flat.values() for f in spec})
+    differences = [SpecDifference(field=f, values={j: flat[j].get(f) for j in ids}) for f in fields
+                   if len({json.dumps(flat[j].get(f), sort_keys=True) for j in ids}) > 1]
+    compared = [ComparedJob(id=j.id, name=j.name, status=j.status, search_id=j.search_id, epochs_run=j.epoch,
+                            metrics=((j.result or {}).get("metrics") if j.status == JobStatus.SUCCEEDED
+                                     else epoch_figures(j.latest_metrics) if j.latest_metrics else None))
+                for j in found]
+    return JobComparison(jobs=compared, histories=histories, differences=differences)
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"type": "mlp"}} -> {"model.type": "mlp"}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict) and item:
+            flat |= _flatten(item, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = item
+    return flat
 
 
 def metrics(*, session: Session, job: Job) -> list[EpochMetric]:
@@ -278,16 +423,18 @@ def to_read(job: Job) -> JobRead:
         duration = (job.finished_at - job.started_at).total_seconds()
     return JobRead(
         id=job.id, status=job.status, dataset_id=job.dataset_id, task=job.task, spec=_current_spec(job.spec),
-        progress=Progress(epoch=job.epoch, epochs=job.epochs),
+        progress=Progress.of(job.epoch, job.epochs, job.step_progress),
         latest_metrics=epoch_figures(job.latest_metrics) if job.latest_metrics else None,
         device_request=job.device_request, device=job.device, attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         waiting_for=waiting_reason(job.device_request) if job.status == JobStatus.QUEUED else None,
         # the report (curves, prediction samples) is served by GET /jobs/{id}/metrics only: it would make every
         # job in a list and every status event tens of kB
-        error=job.error, result={k: v for k, v in job.result.items() if k != "report"} if job.result else job.result,
+        error=job.error, warnings=list(job.warnings or []),
+        result={k: v for k, v in job.result.items() if k != "report"} if job.result else job.result,
         model_id=job.model_id,
         metrics=(job.result or {}).get("metrics") if job.status == JobStatus.SUCCEEDED else None,
         created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, duration_s=duration,
+        search_id=job.search_id, name=job.name, tags=list(job.tags or []), notes=job.notes,
     )

@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from service.training.ingest import DataError, quote_value
+from service.training import dates
+from service.training.ingest import MAX_CATEGORY_LEVELS, DataError, quote_value
 
 # Per-class loss weights as a job spec gives them: 'balanced', {label: weight}, or none.
 ClassWeights = Literal["balanced"] | dict[str, float] | None
@@ -42,14 +43,20 @@ class Encoding:
     min_category_rows: int = 1  # levels in fewer training rows share the all-zero encoding of unseen levels
 
 
+# Kinds a feature is one-hot encoded as: identifiers and free text only train where a job lists them.
+CATEGORICAL_KINDS = ("categorical", "identifier", "text")
+
+
 def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str],
-                      encoding: Encoding = Encoding()) -> dict[str, Any]:
+                      encoding: Encoding = Encoding(), layouts: dict[str, str] | None = None) -> dict[str, Any]:
     """Imputation, standardisation and one-hot categories (and what `encoding` adds), fitted on these (training)
-    rows only."""
+    rows only. `layouts` names the date layout of each datetime feature."""
     out: list[dict[str, Any]] = []
     for name in features:
         col = table.column(name)
-        if kinds[name] == "categorical":
+        if kinds[name] == "datetime":
+            out.append(_fit_datetime(name, col, (layouts or {}).get(name, "iso"), encoding))
+        elif kinds[name] in CATEGORICAL_KINDS:
             strings = pc.cast(col, pa.string()).drop_null()
             if len(strings) == 0:
                 raise DataError(f"feature '{name}' has no values in the training rows", column=name)
@@ -59,7 +66,10 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
             most = min(zip(values, freq, strict=True), key=lambda vc: (-vc[1], vc[0]))[0]
             # A level seen in fewer rows than min_category_rows cannot generalise (one seen once names its row,
             # like an identifier): such levels share the all-zero "other" encoding, as unseen levels do.
-            kept = sorted(v for v, c in zip(values, freq, strict=True) if c >= encoding.min_category_rows)
+            kept = [(v, c) for v, c in zip(values, freq, strict=True) if c >= encoding.min_category_rows]
+            if len(kept) > MAX_CATEGORY_LEVELS:  # the most frequent levels; the rest share "other"
+                kept = sorted(kept, key=lambda vc: (-vc[1], vc[0]))[:MAX_CATEGORY_LEVELS]
+            kept = sorted(v for v, _ in kept)
             out.append({"name": name, "kind": "categorical", "categories": kept, "fill": most})
         else:
             values = _numeric(col)
@@ -84,9 +94,35 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
     return {"features": out, "n_inputs": sum(_input_width(f) for f in out)}
 
 
+def _fit_datetime(name: str, col: pa.ChunkedArray, layout: str, encoding: Encoding) -> dict[str, Any]:
+    """A date feature's inputs: the calendar parts that vary in the training rows, each standardised, and the
+    cyclical (sin, cos) pair of each periodic part; a missing or unreadable date is filled with the median."""
+    seconds = dates.parse(col, layout)
+    present = seconds[~np.isnan(seconds)]
+    if present.size == 0:
+        raise DataError(f"feature '{name}' has no dates in the training rows", column=name)
+    fill = float(np.median(present))
+    parts = dates.calendar(np.where(np.isnan(seconds), fill, seconds))
+    kept = [p for p in dates.PARTS if np.ptp(parts[p]) > 0]
+    inputs, means, scales = [], [], []
+    for part, form in dates.inputs(kept):
+        values = dates.input_values(parts, part, form)
+        std = float(values.std())
+        inputs.append([part, form])
+        means.append(float(values.mean()))
+        scales.append(std if std > 1e-12 else 1.0)
+    item: dict[str, Any] = {"name": name, "kind": "datetime", "layout": layout, "fill": fill, "inputs": inputs,
+                            "mean": means, "scale": scales}
+    if encoding.missing_indicators and present.size < seconds.size:
+        item["missing_indicator"] = True
+    return item
+
+
 def _input_width(f: dict[str, Any]) -> int:
     if f["kind"] == "categorical":
         return len(f["categories"])
+    if f["kind"] == "datetime":
+        return len(f["inputs"]) + bool(f.get("missing_indicator"))
     return 1 + bool(f.get("missing_indicator")) + max(len(f.get("bins", [])) - 1, 0)
 
 
@@ -106,6 +142,16 @@ def transform(table: pa.Table, params: dict[str, Any]) -> NDArray[np.float32]:
             rows = np.nonzero(idx >= 0)[0]
             X[rows, j + idx[rows]] = 1.0
             j += len(f["categories"])
+        elif f["kind"] == "datetime":
+            seconds = dates.parse(col, f["layout"])
+            missing = np.isnan(seconds)
+            parts = dates.calendar(np.where(missing, f["fill"], seconds))
+            for (part, form), mean, scale in zip(f["inputs"], f["mean"], f["scale"], strict=True):
+                X[:, j] = (dates.input_values(parts, part, form) - mean) / scale
+                j += 1
+            if f.get("missing_indicator"):
+                X[:, j] = missing
+                j += 1
         else:
             values = _numeric(col)
             missing = np.isnan(values)
@@ -315,6 +361,7 @@ def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[st
     for f in feature_params:
         name, kind = f["name"], f["kind"]
         values: list[str | float | None] = []
+        dated: list[int] = []  # records with a date to read (kind datetime)
         for i, rec in enumerate(records):
             if name not in rec:
                 faults.add(i, name, "is missing")
@@ -322,6 +369,13 @@ def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[st
             v = rec[name]
             if v is None:
                 values.append(None)
+            elif kind == "datetime":
+                if isinstance(v, str):
+                    values.append(v)
+                    dated.append(i)
+                else:
+                    faults.add(i, name, f"expects a date as text like '{dates.example_value(f['layout'])}' "
+                               f"({dates.describe(f['layout'])})", quote_value(v))
             elif kind == "categorical":
                 if isinstance(v, (dict, list)):
                     faults.add(i, name, "expects a text category", _json_kind(v))
@@ -348,8 +402,14 @@ def records_to_table(records: list[dict[str, Any]], feature_params: list[dict[st
                 else:
                     faults.add(i, name, "is NaN or infinite",
                                advice="send null for a missing value (it is filled in as in training)")
+        if kind == "datetime" and dated:
+            text = pa.array([records[i][name] for i in dated], pa.string())
+            for i, seconds in zip(dated, dates.parse(text, f["layout"]), strict=True):
+                if math.isnan(seconds):
+                    faults.add(i, name, f"expects a date like '{dates.example_value(f['layout'])}' "
+                               f"({dates.describe(f['layout'])})", quote_value(records[i][name]))
         if not faults.found:
-            arrays[name] = pa.array(values, pa.string() if kind == "categorical" else pa.float64())
+            arrays[name] = pa.array(values, pa.string() if kind in ("categorical", "datetime") else pa.float64())
     if faults.found:
         raise RecordsError(list(faults.found.values()), len(records))
     return pa.table(arrays) if arrays else pa.table({})

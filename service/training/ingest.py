@@ -4,14 +4,16 @@ column summaries a data set shows, previews, and the task a target implies.
 Pure pyarrow + numpy: no database, no HTTP. What a trained model does with the columns is in `features`.
 """
 
+import csv
 import errno
+import io
 import math
 import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
+
+from service.training import dates
 
 SNIFF_BYTES = 64 * 1024
 # The streaming CSV reader holds about a dozen blocks' worth of buffers: 1 MiB blocks keep an upload's peak
@@ -53,13 +57,101 @@ class IngestResult:
     format: str
     n_rows: int
     columns: list[dict[str, Any]]
+    dialect: dict[str, Any] | None = None  # how a text table was read (Dialect.describe)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # {code, column, message}: see `warnings`
 
 
 # ---------------------------------------------------------------- ingest
 
 
+# Values read as missing in CSV/TSV files (and in scored files): pyarrow's list and the spellings spreadsheets and
+# statistics packages write. A text column keeps any other value as it is.
+NULL_VALUES = ["", "NA", "N/A", "n/a", "na", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "Null", "None", "none",
+               "-", "--", "?", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "1.#IND", "1.#QNAN"]
+# Thousands separators recognised in numbers, by the file's decimal point (a space also as U+00A0 or U+202F).
+THOUSANDS = {".": (",", "'", " ", "\u00a0", "\u202f"), ",": (".", " ", "\u00a0", "\u202f", "'")}
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a text table is written, as sniffed from its first 64 KiB: what the data set reports it decided."""
+
+    delimiter: str
+    decimal: str = "."
+    encoding: str = "utf-8"  # as Python names the codec the file is read with
+    quoted_newlines: bool = False  # quoted fields that hold line breaks (a slower parser reads them)
+    # Columns whose numbers group their digits (1,234.5 or 1.234,5): the separator each one uses.
+    thousands: tuple[tuple[str, str], ...] = ()
+
+    def describe(self, fmt: str) -> dict[str, Any]:
+        return {"format": fmt, "delimiter": self.delimiter, "decimal": self.decimal, "encoding": self.encoding,
+                "quoted_newlines": self.quoted_newlines,
+                "thousands_separator": sorted({sep for _, sep in self.thousands}) or None,
+                "missing_values": NULL_VALUES}
+
+
+def _encoding(head: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark), UTF-16 with its mark, or else Windows-1252 (Latin-1 where a
+    byte has no Windows-1252 meaning): the encodings spreadsheets save text tables in."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if b"\x00" in head:
+        raise DataError("the file is binary, not CSV, TSV or Parquet; upload a UTF-8 text table or Parquet")
+    try:
+        head.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut by the sniff window is fine; anything earlier, or in a short file, is not UTF-8.
+        if exc.start >= len(head) - 4 and len(head) >= SNIFF_BYTES:
+            return "utf-8"
+    try:
+        head.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _head_text(path: Path, encoding: str) -> tuple[str, bool]:
+    """The first SNIFF_BYTES decoded, without a byte-order mark, and whether the file goes on after them."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+        more = bool(fh.read(1))
+    return head.decode(encoding, errors="ignore").lstrip("\ufeff"), more
+
+
+def _sample_rows(text: str, more: bool, delimiter: str) -> list[list[str]]:
+    """The rows of the sniffed text (quotes honoured; the last, cut-off line left out when the file goes on)."""
+    if more:
+        text = text[: text.rfind("\n") + 1] if "\n" in text else text
+    try:
+        return [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if row]
+    except csv.Error:
+        return [line.split(delimiter) for line in text.splitlines() if line]
+
+
+def _delimiter(text: str, more: bool) -> str:
+    """The candidate that splits the header into most fields and the sampled rows as the header: a ',' inside the
+    decimal numbers of a ';' file splits the rows but not the header."""
+    best, best_score = ",", (0.0, 1)
+    for d in DELIMITERS:
+        rows = _sample_rows(text, more, d)
+        if not rows or len(rows[0]) < 2:
+            continue
+        width = len(rows[0])
+        score = (sum(len(r) == width for r in rows) / len(rows), width)
+        if score > best_score:
+            best, best_score = d, score
+    return best
+
+
 def sniff_format(path: Path) -> tuple[str, str | None]:
     """(format, delimiter) from the file's content, whatever its name says."""
+    fmt, dialect = sniff(path)
+    return fmt, None if dialect is None else dialect.delimiter
+
+
+def sniff(path: Path) -> tuple[str, Dialect | None]:
+    """The format, and for a text table its dialect, from the file's content, whatever its name says."""
     with open(path, "rb") as fh:
         head = fh.read(SNIFF_BYTES)
     if not head:
@@ -68,54 +160,91 @@ def sniff_format(path: Path) -> tuple[str, str | None]:
         return "parquet", None
     if head.startswith(b"PK\x03\x04"):
         return "npz", None
-    if b"\x00" in head:
-        raise DataError("the file is binary, not CSV, TSV or Parquet; upload a UTF-8 text table or Parquet")
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A multi-byte character cut by the sniff window is fine; anything earlier, or in a file shorter than
-        # the window, is not UTF-8.
-        if exc.start < len(head) - 4 or len(head) < SNIFF_BYTES:
-            raise DataError(
-                f"the file is not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8 and upload again"
-            ) from None
-        text = head[: exc.start].decode("utf-8")
-    text = text.lstrip("\ufeff")
+    encoding = _encoding(head)
+    text, more = _head_text(path, encoding)
     header = text.splitlines()[0] if text.strip() else ""
     if not header.strip():
         raise DataError("the first line is empty; the first line must be the header row with the column names")
-    counts = {d: header.count(d) for d in DELIMITERS}
-    delimiter = max(DELIMITERS, key=lambda d: counts[d])
-    if counts[delimiter] == 0:
-        delimiter = ","
-    return ("tsv" if delimiter == "\t" else "csv"), delimiter
+    delimiter = _delimiter(text, more)
+    rows = _sample_rows(text, more, delimiter)
+    decimal = _decimal_point(rows) if delimiter != "," else "."
+    dialect = Dialect(delimiter=delimiter, decimal=decimal, encoding=encoding,
+                      quoted_newlines=any("\n" in cell for row in rows for cell in row),
+                      thousands=_grouped_columns(rows, decimal))
+    return ("tsv" if delimiter == "\t" else "csv"), dialect
 
 
-_COMMA_DECIMAL = re.compile(r"^[+-]?\d*,\d+$")
-_DOT_DECIMAL = re.compile(r"^[+-]?\d*\.\d+$")
+_COMMA_DECIMAL = re.compile(r"^[+-]?(\d{1,3}([. \u00a0\u202f']\d{3})+|\d*),\d+$")
+_DOT_DECIMAL = re.compile(r"^[+-]?(\d{1,3}([, \u00a0\u202f']\d{3})+|\d*)\.\d+$")
 
 
-def decimal_point(path: Path, delimiter: str) -> str:
+def _decimal_point(rows: list[list[str]]) -> str:
     """',' when the file writes its numbers with a decimal comma (as European spreadsheets export them, with ';' as
     the delimiter), else '.': decided by which form the first rows' fields take more often."""
-    if delimiter == ",":
-        return "."
-    with open(path, "rb") as fh:
-        lines = fh.read(SNIFF_BYTES).decode("utf-8", errors="ignore").splitlines()[1:-1]
     comma = dot = 0
-    for line in lines:
-        for cell in line.split(delimiter):
-            cell = cell.strip().strip('"')
+    for row in rows[1:]:
+        for cell in row:
+            cell = cell.strip()
             comma += bool(_COMMA_DECIMAL.match(cell))
             dot += bool(_DOT_DECIMAL.match(cell))
     return "," if comma > dot else "."
 
 
-def csv_convert_options(path: Path, delimiter: str, column_types: dict[str, pa.DataType]) -> pacsv.ConvertOptions:
-    """How CSV text becomes values, shared by uploads and batch scoring: the file's decimal point, the usual
-    missing-value spellings ('', NA, N/A, NaN, null, ...) as null."""
-    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types,
-                                decimal_point=decimal_point(path, delimiter))
+def decimal_point(path: Path, delimiter: str) -> str:
+    """The decimal point of a text table's numbers (see `_decimal_point`)."""
+    if delimiter == ",":
+        return "."
+    with open(path, "rb") as fh:
+        encoding = _encoding(fh.read(SNIFF_BYTES))
+    text, more = _head_text(path, encoding)
+    return _decimal_point(_sample_rows(text, more, delimiter))
+
+
+def _grouped_columns(rows: list[list[str]], decimal: str) -> tuple[tuple[str, str], ...]:
+    """Columns of the sampled rows whose every value is a number and at least one groups its digits with one of
+    THOUSANDS' separators: (column name, separator)."""
+    if len(rows) < 2:
+        return ()
+    dec = re.escape(decimal)
+    plain = re.compile(rf"^[+-]?\d+({dec}\d+)?$")
+    found: list[tuple[str, str]] = []
+    for i, name in enumerate(rows[0]):
+        values = [row[i].strip() for row in rows[1:] if i < len(row) and row[i].strip() not in NULL_VALUES]
+        if not values:
+            continue
+        for sep in THOUSANDS[decimal]:
+            grouped = re.compile(rf"^[+-]?\d{{1,3}}({re.escape(sep)}\d{{3}})+({dec}\d+)?$")
+            hits = [bool(grouped.match(v)) for v in values]
+            if any(hits) and all(h or plain.match(v) for h, v in zip(hits, values, strict=True)):
+                found.append((name, sep))
+                break
+    return tuple(found)
+
+
+def csv_convert_options(path: Path, delimiter: str, column_types: dict[str, pa.DataType],
+                        decimal: str | None = None) -> pacsv.ConvertOptions:
+    """How CSV text becomes values, shared by uploads and batch scoring: the file's decimal point, NULL_VALUES as
+    missing."""
+    return pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types, null_values=NULL_VALUES,
+                                decimal_point=decimal or decimal_point(path, delimiter))
+
+
+class _NotGrouped(Exception):
+    """A column taken for grouped numbers holds a value that is none: it is read as text instead."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+
+def _grouped_to_numbers(arr: pa.Array, column: str, sep: str, decimal: str) -> pa.Array:
+    text = pc.replace_substring(pc.utf8_trim_whitespace(arr), sep, "")
+    if decimal != ".":
+        text = pc.replace_substring(text, decimal, ".")
+    try:
+        return pc.cast(text, pa.float64())
+    except pa.ArrowInvalid:
+        raise _NotGrouped(column) from None
 
 
 def _normalise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -204,19 +333,19 @@ def unreadable_csv(message: str, delimiter: str | None = ",") -> DataError:
 
 
 
-def _csv_batches(path: Path, delimiter: str,
+def _csv_batches(path: Path, dialect: Dialect,
                  column_types: dict[str, pa.DataType]) -> tuple[list[str], Iterable[pa.RecordBatch]]:
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=csv_convert_options(path, delimiter, column_types),
+        read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, encoding=dialect.encoding),
+        parse_options=pacsv.ParseOptions(delimiter=dialect.delimiter, newlines_in_values=dialect.quoted_newlines),
+        convert_options=csv_convert_options(path, dialect.delimiter, column_types, dialect.decimal),
     )
     return reader.schema.names, reader
 
 
 def _write_batches(names: list[str], batches: Iterable[pa.RecordBatch], dest: Path, max_columns: int,
-                   max_rows: int | None) -> int:
+                   max_rows: int | None, grouped: dict[str, str] | None = None, decimal: str = ".") -> int:
     check_header(names, max_columns)
     writer = None
     n_rows = 0
@@ -224,6 +353,10 @@ def _write_batches(names: list[str], batches: Iterable[pa.RecordBatch], dest: Pa
     try:
         for batch in batches:
             _stop_if_cancelled()
+            if grouped:
+                batch = pa.RecordBatch.from_arrays(
+                    [_grouped_to_numbers(arr, f.name, grouped[f.name], decimal) if f.name in grouped else arr
+                     for f, arr in zip(batch.schema, batch.columns, strict=True)], names=batch.schema.names)
             batch = _normalise_batch(batch)
             if writer is None:
                 writer = pq.ParquetWriter(dest, batch.schema, compression="zstd")
@@ -257,26 +390,39 @@ def _header_fields(path: Path, delimiter: str) -> int | None:
     return None if b'"' in header else header.count(delimiter.encode()) + 1
 
 
-def _write_csv(path: Path, delimiter: str, dest: Path, max_columns: int, max_rows: int | None) -> int:
+def _write_csv(path: Path, dialect: Dialect, dest: Path, max_columns: int, max_rows: int | None) -> tuple[int, Dialect]:
+    """Parse a text table into Parquet; the row count and the dialect as finally read (a column taken for grouped
+    numbers may turn out text; quoted line breaks may show after the sniffed part)."""
     # Count a very wide header before pyarrow builds a reader with a column per field (seconds per 100 000).
-    width = _header_fields(path, delimiter)
+    width = _header_fields(path, dialect.delimiter) if dialect.encoding == "utf-8" else None
     if width is not None and width > max_columns:
         raise DataError(f"the file has {width} columns; at most {max_columns} are accepted")
     # pyarrow infers a column's type from the first block; a later value that does not fit
     # (e.g. "x" in an int column) is retried with a wider type for that column: int → float → string.
-    column_types: dict[str, pa.DataType] = {}
+    grouped = dict(dialect.thousands)
+    column_types: dict[str, pa.DataType] = {name: pa.string() for name in grouped}
     names: list[str] = []  # from the previous try when opening the reader itself fails
-    for _ in range(2 * max_columns + 2):
+    for _ in range(3 * max_columns + 3):
         try:
-            names, reader = _csv_batches(path, delimiter, column_types)
-            return _write_batches(names, reader, dest, max_columns, max_rows)
+            names, reader = _csv_batches(path, dialect, column_types)
+            n_rows = _write_batches(names, reader, dest, max_columns, max_rows, grouped, dialect.decimal)
+            return n_rows, replace(dialect, thousands=tuple(grouped.items()))
+        except _NotGrouped as exc:
+            del grouped[exc.column]
         except pa.ArrowInvalid as exc:
             failure = conversion_failure(str(exc), names)
             if failure is None:
-                raise unreadable_csv(str(exc), delimiter) from None
+                if not dialect.quoted_newlines and "Expected" in str(exc) and "columns" in str(exc):
+                    dialect = replace(dialect, quoted_newlines=True)  # a quoted line break past the sniffed part
+                    dest.unlink(missing_ok=True)
+                    continue
+                raise unreadable_csv(str(exc), dialect.delimiter) from None
             widen = failure.arrow_type.startswith(("int", "uint", "null"))
             column_types[failure.column] = pa.float64() if widen else pa.string()
-            dest.unlink(missing_ok=True)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"the file is not valid {dialect.encoding} text past its start (byte {exc.start} of a "
+                            "block cannot be decoded); save it as UTF-8 and upload again") from None
+        dest.unlink(missing_ok=True)
     raise DataError("the file's column types could not be determined")
 
 
@@ -291,19 +437,38 @@ def _write_parquet(path: Path, dest: Path, max_columns: int, max_rows: int | Non
         raise DataError(f"the file looks like Parquet but could not be read: {exc}") from None
 
 
-def summarise_column(name: str, col: pa.ChunkedArray) -> dict[str, Any]:
-    """Kind, dtype, missing and distinct counts, and summary stats of one column."""
+# A text or integer column is an identifier when (nearly) every row has its own value; such a column names rows
+# and teaches a network nothing about new ones.
+IDENTIFIER_UNIQUE_SHARE = 0.95
+IDENTIFIER_MIN_ROWS = 20
+_ID_NAME = re.compile(r"(^|[_\s.-])(id|key|uuid|guid|index)$|^(id|key|uuid|index)[_\s.-]|^unnamed: ?\d+$"
+                      r"|^row ?(id|no|num|number)?$|(?-i:[a-z](Id|ID))$", re.IGNORECASE)
+# Free text: values of several words on average (comments, descriptions, titles).
+TEXT_MIN_WORDS = 4.0
+TEXT_MIN_DISTINCT_SHARE = 0.5
+# Most distinct levels a categorical input one-hot encodes; rarer levels share one "other" input pattern (as unseen
+# levels do), so that a column of 10,000 levels does not become 10,000 inputs.
+MAX_CATEGORY_LEVELS = 100
+NUMBERS_AS_TEXT_SHARE = 0.9  # a text column whose values are nearly all numbers says so (typos, footnote marks)
+_NUMBER = re.compile(r"^\s*[+-]?(\d+([.,]\d*)?|[.,]\d+)([eE][+-]?\d+)?\s*$")
+KIND_SAMPLE = 2000  # values looked at for word counts and numbers written as text
+
+
+def summarise_column(name: str, col: pa.ChunkedArray, n_rows: int | None = None) -> dict[str, Any]:
+    """Kind (and why), dtype, missing and distinct counts, and summary stats of one column."""
     t = col.type
+    n_rows = len(col) if n_rows is None else n_rows
     n_missing = col.null_count
+    n_unique = _count_distinct(col)
     info: dict[str, Any] = {"name": name, "dtype": str(t)}
-    if pa.types.is_boolean(t):
-        info["kind"] = "boolean"
-    elif pa.types.is_integer(t) or pa.types.is_floating(t):
-        info["kind"] = "numeric"
-    else:
-        info["kind"] = "categorical"
     stats: dict[str, Any] = {}
-    if info["kind"] == "numeric":
+    if pa.types.is_boolean(t):
+        info["kind"], info["reason"] = "boolean", "boolean: true/false values"
+    elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        info["kind"], info["reason"] = _number_kind(name, col, n_unique)
+    else:
+        info.update(_text_kind(col, n_unique))
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
         values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
         finite = values[np.isfinite(values)]
         n_missing = int(np.isnan(values).sum())
@@ -311,15 +476,92 @@ def summarise_column(name: str, col: pa.ChunkedArray) -> dict[str, Any]:
         if finite.size:
             stats.update(min=float(finite.min()), max=float(finite.max()),
                          mean=float(finite.mean()), std=float(finite.std()))
-    if info["kind"] in ("categorical", "boolean") or (pa.types.is_integer(t)):
-        counts = pc.value_counts(col.drop_null())
-        if len(counts):
-            pairs = sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
-                               strict=True), key=lambda vc: (-vc[1], str(vc[0])))
-            stats["top"] = [{"value": _shorten(v), "count": c} for v, c in pairs[:TOP_VALUES]]
+    if info["kind"] == "datetime":
+        seconds = info.pop("_seconds")
+        present = seconds[~np.isnan(seconds)]
+        stats["n_unparsed"] = int(len(col) - col.null_count - present.size)
+        if present.size:
+            stats.update(min=_iso(present.min()), max=_iso(present.max()))
+    elif info["kind"] in ("categorical", "boolean", "identifier", "text") or pa.types.is_integer(t):
+        top = _top_values(col)
+        if top:
+            stats["top"] = top
     info["n_missing"] = int(n_missing)
-    info["n_unique"] = _count_distinct(col)
+    info["n_unique"] = n_unique
     info["stats"] = _finite(stats)
+    return info
+
+
+def _top_values(col: pa.ChunkedArray) -> list[dict[str, Any]]:
+    """The TOP_VALUES most frequent values, the most frequent first (equal counts: by their text)."""
+    counts = pc.value_counts(col.drop_null())
+    if not len(counts):
+        return []
+    n = counts.field("counts").to_numpy()
+    k = min(TOP_VALUES, len(n))
+    kth = np.partition(n, len(n) - k)[len(n) - k]
+    candidates = np.nonzero(n >= kth)[0]  # every value that can be among the first k: few, unless counts tie
+    values = counts.field("values").take(pa.array(candidates))
+    if len(candidates) > 64:  # many ties (an identifier: every count 1): let Arrow order them by text
+        order = pc.sort_indices(pa.table({"count": pa.array(-n[candidates]), "text": pc.cast(values, pa.string())}),
+                                sort_keys=[("count", "ascending"), ("text", "ascending")]).to_numpy()[:k]
+        pairs = [(values[int(i)].as_py(), int(n[candidates[i]])) for i in order]
+    else:
+        pairs = sorted(zip(values.to_pylist(), n[candidates].tolist(), strict=True),
+                       key=lambda vc: (-vc[1], str(vc[0])))[:k]
+    return [{"value": _shorten(v), "count": c} for v, c in pairs]
+
+
+def _iso(seconds: float) -> str:
+    stamp = np.datetime64(int(seconds), "s")
+    text = str(stamp)
+    return text.removesuffix("T00:00:00")
+
+
+def _looks_like_row_numbers(col: pa.ChunkedArray, n_unique: int) -> bool:
+    """0, 1, 2, … or 1, 2, 3, … in some order (years 1959, 1960, … count too, but they are a quantity)."""
+    lo, hi = pc.min_max(col).values()
+    return lo.as_py() in (0, 1) and hi.as_py() - lo.as_py() == n_unique - 1
+
+
+def _number_kind(name: str, col: pa.ChunkedArray, n_unique: int) -> tuple[str, str]:
+    n = len(col)
+    dtype = "integers" if pa.types.is_integer(col.type) else "decimal numbers"
+    if (pa.types.is_integer(col.type) and n >= IDENTIFIER_MIN_ROWS and col.null_count == 0 and n_unique == n
+            and (_ID_NAME.search(name.strip()) or _looks_like_row_numbers(col, n_unique))):
+        why = "its name says so" if _ID_NAME.search(name.strip()) else "they count the rows"
+        return "identifier", f"identifier: {n_unique} distinct integers in {n} rows, and {why}"
+    return "numeric", f"numeric: {dtype}"
+
+
+def _text_kind(col: pa.ChunkedArray, n_unique: int) -> dict[str, Any]:
+    strings = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
+    present = len(col) - col.null_count
+    found = dates.detect(strings)
+    if found is not None:
+        share = "every value reads" if found.parsed == found.present else \
+            f"{found.parsed} of {found.present} values read"
+        reason = f"datetime: {share} as {dates.describe(found.layout)}"
+        if found.ambiguous:
+            reason += " (day and month could be either way round; read month first)"
+        return {"kind": "datetime", "reason": reason, "datetime_layout": found.layout, "_seconds": found.seconds,
+                **({"datetime_ambiguous": True} if found.ambiguous else {})}
+    sample = strings.drop_null().slice(0, KIND_SAMPLE)
+    if len(sample):
+        words = pc.mean(pc.add(pc.count_substring_regex(pc.utf8_trim_whitespace(sample), r"\s+"), 1)).as_py()
+        if words >= TEXT_MIN_WORDS and n_unique >= TEXT_MIN_DISTINCT_SHARE * present:
+            return {"kind": "text", "reason": f"text: {words:.1f} words per value on average, "
+                    f"{n_unique} distinct values in {present} rows"}
+    info: dict[str, Any] = {"kind": "categorical", "reason": f"categorical: {n_unique} distinct text values"}
+    if len(sample):
+        # Nearly all numbers: a number column with a few stray cells (a typo, a footnote mark), not an identifier.
+        numeric = pc.match_substring_regex(sample, _NUMBER.pattern)
+        share = pc.mean(pc.cast(numeric, pa.float64())).as_py()
+        if NUMBERS_AS_TEXT_SHARE <= share < 1:
+            info["not_a_number"] = _shorten(sample.filter(pc.invert(numeric))[0].as_py())
+            return info
+    if present >= IDENTIFIER_MIN_ROWS and n_unique >= IDENTIFIER_UNIQUE_SHARE * present:
+        return {"kind": "identifier", "reason": f"identifier: {n_unique} distinct values in {present} rows"}
     return info
 
 
@@ -387,22 +629,23 @@ def ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None = No
 
 def _ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None,
             max_array_bytes: int | None) -> IngestResult:
-    fmt, delimiter = sniff_format(src)
+    fmt, dialect = sniff(src)
     if fmt == "npz":
         return ingest_arrays(src, dest.with_suffix(".npz"), max_rows=max_rows, max_array_bytes=max_array_bytes)
     try:
-        if fmt == "parquet":
+        if dialect is None:
             n_rows = _write_parquet(src, dest, max_columns, max_rows)
         else:
-            assert delimiter is not None  # sniff_format names one for every text format
-            n_rows = _write_csv(src, delimiter, dest, max_columns, max_rows)
+            n_rows, dialect = _write_csv(src, dialect, dest, max_columns, max_rows)
         if n_rows == 0:
             raise DataError("the file has a header but no data rows")
-        columns = _summaries(dest)
+        columns = _summaries(dest, n_rows)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
-    return IngestResult(format=fmt, n_rows=n_rows, columns=columns)
+    return IngestResult(format=fmt, n_rows=n_rows, columns=columns,
+                        dialect=None if dialect is None else dialect.describe(fmt),
+                        warnings=warnings(columns, n_rows, dialect))
 
 
 # Columns read back per pass for their summaries: a file of thousands of columns is read in a few passes through one
@@ -434,15 +677,94 @@ def _passes(parquet: pq.ParquetFile) -> list[list[str]]:
     return passes
 
 
-def _summaries(path: Path) -> list[dict[str, Any]]:
+def _summaries(path: Path, n_rows: int) -> list[dict[str, Any]]:
     parquet = pq.ParquetFile(path)
     out: list[dict[str, Any]] = []
     for names in _passes(parquet):
         _stop_if_cancelled()
         part = parquet.read(columns=names)
-        out.extend(summarise_column(name, part.column(name)) for name in part.column_names)
+        out.extend(summarise_column(name, part.column(name), n_rows) for name in part.column_names)
         del part
     return out
+
+
+# ---------------------------------------------------------------- warnings
+
+# Every warning code a data set can carry (the README lists them with what each means).
+DATASET_WARNINGS = ("not_utf8", "identifier_column", "text_column", "ambiguous_dates", "unparsed_dates",
+                    "numbers_as_text", "constant_column", "empty_column", "many_levels")
+
+
+# Warnings of one code named column by column; past this many columns, one more warning counts the rest.
+WARNINGS_PER_CODE = 20
+
+
+def warning(code: str, column: str | None, message: str) -> dict[str, Any]:
+    return {"code": code, "column": column, "message": message}
+
+
+def _why(column: dict[str, Any]) -> str:
+    return str(column["reason"]).split(": ", 1)[-1]
+
+
+def _capped(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most WARNINGS_PER_CODE warnings of each code, and for the rest one that names how many and the first."""
+    by_code: dict[str, list[dict[str, Any]]] = {}
+    for w in found:
+        by_code.setdefault(w["code"], []).append(w)
+    out: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for w in found:
+        i = seen[w["code"]] = seen.get(w["code"], -1) + 1
+        if i < WARNINGS_PER_CODE:
+            out.append(w)
+        elif i == WARNINGS_PER_CODE:
+            rest = by_code[w["code"]][WARNINGS_PER_CODE:]
+            out.append(warning(w["code"], None, f"and {len(rest)} more column(s) like this, from '{rest[0]['column']}'"
+                               f" to '{rest[-1]['column']}'"))
+    return out
+
+
+def warnings(columns: list[dict[str, Any]], n_rows: int, dialect: Dialect | None = None) -> list[dict[str, Any]]:
+    """What a data set's user should know about its columns before training on them: each {code, column,
+    message}, in column order (the file's own first)."""
+    out: list[dict[str, Any]] = []
+    if dialect is not None and dialect.encoding not in ("utf-8", "utf-16"):
+        name = {"cp1252": "Windows-1252", "latin-1": "Latin-1"}.get(dialect.encoding, dialect.encoding)
+        out.append(warning("not_utf8", None, f"the file is not UTF-8; it was read as {name} text (check accented "
+                           "letters in the preview; save it as UTF-8 to be sure)"))
+    for c in columns:
+        name, kind = c["name"], c["kind"]
+        if kind == "identifier":
+            out.append(warning("identifier_column", name, f"'{name}' looks like an identifier ({_why(c)}); "
+                               "it is left out of training unless a job lists it in features"))
+        elif kind == "text":
+            out.append(warning("text_column", name, f"'{name}' looks like free text ({_why(c)}); it is "
+                               "left out of training unless a job lists it in features"))
+        elif kind == "datetime":
+            if c.get("datetime_ambiguous"):
+                out.append(warning("ambiguous_dates", name, f"every date in '{name}' reads as month/day and as "
+                                   "day/month; it was read month first (set its kind with PATCH /datasets/{id} "
+                                   "if that is wrong, or write the dates as YYYY-MM-DD)"))
+            unparsed = c["stats"].get("n_unparsed", 0)
+            if unparsed:
+                out.append(warning("unparsed_dates", name, f"{unparsed} value(s) of '{name}' are not dates in its "
+                                   "layout; they are treated as missing"))
+        if "not_a_number" in c:
+            out.append(warning("numbers_as_text", name, f"'{name}' holds numbers but also text such as "
+                               f"{quote_value(c['not_a_number'])}, so it is read as categorical; fix or blank those "
+                               "cells (missing values may be written as empty, NA or -) to use it as numbers"))
+        present = n_rows - c.get("n_missing", 0)
+        if kind != "tensor" and present == 0:
+            out.append(warning("empty_column", name, f"'{name}' has no values; it is left out of training"))
+        elif kind != "tensor" and n_rows > 1 and c.get("n_unique", 0) == 1 and c.get("n_missing", 0) == 0:
+            out.append(warning("constant_column", name, f"'{name}' has the same value in every row; it is left "
+                               "out of training"))
+        if kind == "categorical" and c.get("n_unique", 0) > MAX_CATEGORY_LEVELS:
+            out.append(warning("many_levels", name, f"'{name}' has {c['n_unique']} distinct values; a network "
+                               f"encodes its {MAX_CATEGORY_LEVELS} most frequent ones and treats the rest as one "
+                               "'other' level"))
+    return _capped(out)
 
 
 ARRAY_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "uint16", "float16", "float32", "float64", "bool")
@@ -544,7 +866,8 @@ def preview(path: Path, n: int) -> list[dict[str, Any]]:
 
 def infer_task(column: dict[str, Any]) -> str:
     """classification for strings, booleans and small-integer targets; regression for the rest."""
-    if column["kind"] in ("categorical", "boolean"):
+    if column["kind"] in ("categorical", "boolean", "text") or not column["dtype"].startswith(("int", "uint",
+                                                                                               "float", "double")):
         return "classification"
     if column["dtype"].startswith(("int", "uint")) and column["n_unique"] <= MAX_CLASSES_FOR_INT_TARGET:
         return "classification"

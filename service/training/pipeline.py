@@ -108,7 +108,7 @@ def _assemble(task: str, params: dict[str, Any], y_all: NDArray[Any] | None,
 
 def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: dict[str, str], task: str,
             split: SplitSpec, class_weights: ClassWeights = None,
-            encoding: Encoding = Encoding()) -> Prepared:
+            encoding: Encoding = Encoding(), layouts: dict[str, str] | None = None) -> Prepared:
     """Drop rows without a target, split (stratified for classes), fit preprocessing on the training rows."""
     params, y_all, keep = _fit_targets(table, targets, task)
     n_dropped = 0
@@ -124,7 +124,7 @@ def prepare(table: pa.Table, *, targets: list[str], features: list[str], kinds: 
         # The first call is with the training rows: preprocessing is fitted on them alone.
         part = table.take(pa.array(rows))
         if not fitted:
-            fitted.update(fit_preprocessing(part, features, kinds, encoding))
+            fitted.update(fit_preprocessing(part, features, kinds, encoding, layouts))
             if fitted["n_inputs"] == 0:
                 raise ingest.DataError("no feature gives the network an input: every level of the categorical "
                                   "feature(s) occurs in one training row only (identifiers?); choose other features")

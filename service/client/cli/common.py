@@ -2,7 +2,7 @@
 tables that fit the terminal, and `emit`: the server's JSON with --json, else the command's view of it."""
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -135,6 +135,12 @@ def headline(metrics: dict[str, Any] | None, short: bool = False) -> str:
         if isinstance(metrics.get(key), (int, float)):
             return f"{abbreviation if short else key} {number(metrics[key])}"
     return "-"
+
+
+def warning_lines(warnings: Sequence[Mapping[str, Any]] | None) -> RenderableType:
+    """A data set's or a job's warnings, one line each: the code and the message (empty when there are none)."""
+    lines = [f"[yellow]warning[/] {escape(str(w['code']))}: {escape(str(w['message']))}" for w in warnings or []]
+    return Group(*lines)
 
 
 def key_values(rows: Sequence[tuple[str, Any]]) -> Table:

@@ -25,6 +25,7 @@ from service.client.cli.common import (
     key_values,
     number,
     size,
+    warning_lines,
     when,
 )
 from service.client.http import Column, Dataset, DatasetPreview, Page
@@ -32,7 +33,7 @@ from service.client.http import Column, Dataset, DatasetPreview, Page
 app = typer.Typer(help="Upload, list, show, preview and delete data sets.", no_args_is_help=True)
 
 COLUMN_COLUMNS = (Col("name", wrap=True), Col("kind"), Col("dtype", drop=2), Col("missing", drop=1, justify="right"),
-                  Col("unique", drop=1, justify="right"), Col("summary", wrap=True))
+                  Col("unique", drop=1, justify="right"), Col("summary", wrap=True), Col("why", drop=3, wrap=True))
 LIST_COLUMNS = (Col("id"), Col("name", drop=1, wrap=True), Col("format", drop=4), Col("rows", drop=2, justify="right"),
                 Col("columns", drop=2, justify="right"), Col("size", drop=3, justify="right"),
                 Col("created", drop=5))
@@ -40,7 +41,9 @@ LIST_COLUMNS = (Col("id"), Col("name", drop=1, wrap=True), Col("format", drop=4)
 
 def _summary(column: Column) -> str:
     stats = column.get("stats") or {}
-    if "mean" in stats:
+    if column["kind"] == "datetime" and stats.get("min"):
+        text = f"{stats['min']} to {stats['max']}"
+    elif "mean" in stats:
         text = f"min {number(stats.get('min'))}, mean {number(stats.get('mean'))}, max {number(stats.get('max'))}"
     elif stats.get("top"):
         text = ", ".join(f"{t['value']} ({t['count']})" for t in stats["top"][:3])
@@ -53,7 +56,7 @@ def _summary(column: Column) -> str:
 
 def _columns_table(out: Console, columns: list[Column]) -> RenderableType:
     rows = [[escape(col["name"]), col["kind"], col["dtype"], str(col["n_missing"]), str(col["n_unique"]),
-             escape(_summary(col))] for col in columns]
+             escape(_summary(col)), escape(str(col.get("reason") or "").split(": ", 1)[-1])] for col in columns]
     return fitted(out, COLUMN_COLUMNS, rows, title="columns", title_justify="left", box=box.SIMPLE_HEAD)
 
 
@@ -75,8 +78,23 @@ def datasets_upload(file: Annotated[Path, typer.Argument(exists=True, dir_okay=F
         typer.echo(ds["id"])
         return
     emit(ds, as_json, lambda out: Group(
-        f"uploaded [bold]{ds['id']}[/] ({escape(ds['name'])}): {ds['n_rows']} rows × {ds['n_columns']} columns",
-        _columns_table(out, ds["columns"])))
+        f"uploaded [bold]{ds['id']}[/] ({escape(ds['name'])}): {ds['n_rows']} rows × {ds['n_columns']} columns"
+        + _dialect(ds), _columns_table(out, ds["columns"]), warning_lines(ds.get("warnings"))))
+
+
+def _dialect(ds: Dataset) -> str:
+    """How a text table was read, where it is not plain UTF-8 CSV with '.' decimals."""
+    d = ds.get("dialect")
+    if not d:
+        return ""
+    parts = [] if d["delimiter"] in (",", "\t") else [f"delimiter {d['delimiter']!r}"]
+    if d["decimal"] != ".":
+        parts.append(f"decimal {d['decimal']!r}")
+    if d.get("thousands_separator"):
+        parts.append("digit groups " + " ".join(repr(s) for s in d["thousands_separator"] or []))
+    if d["encoding"] != "utf-8":
+        parts.append(f"read as {d['encoding']}")
+    return f" ({escape(', '.join(parts))})" if parts else ""
 
 
 def _list_table(out: Console, page: Page[Dataset]) -> RenderableType:
@@ -99,7 +117,24 @@ def datasets_show(dataset_id: str, url: UrlOpt = None, as_json: JsonOpt = False)
     """Show a data set and its column schema."""
     with connect(url) as client:
         ds = client.dataset(dataset_id)
-    emit(ds, as_json, lambda out: Group(_dataset_summary(ds), _columns_table(out, ds["columns"])))
+    emit(ds, as_json, lambda out: Group(_dataset_summary(ds), _columns_table(out, ds["columns"]),
+                                        warning_lines(ds.get("warnings"))))
+
+
+@app.command("set-kind")
+def datasets_set_kind(dataset_id: str, kinds: Annotated[list[str], typer.Argument(
+                          help="COLUMN=KIND, KIND one of numeric, categorical, boolean, datetime, text, identifier")],
+                      url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Set the kind of one or more columns (how jobs use them); prints the new column schema."""
+    column_kinds: dict[str, str] = {}
+    for text in kinds:
+        column, sep, kind = text.rpartition("=")
+        if not sep or not column or not kind:
+            raise typer.BadParameter(f"'{text}' is not COLUMN=KIND", param_hint="KINDS")
+        column_kinds[column] = kind
+    with connect(url) as client:
+        ds = client.update_dataset(dataset_id, column_kinds=column_kinds)
+    emit(ds, as_json, lambda out: Group(_columns_table(out, ds["columns"]), warning_lines(ds.get("warnings"))))
 
 
 def _cell(value: Any) -> str:

@@ -7,7 +7,7 @@ import threading
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.schemas import DatasetPreview, DatasetRead, Page
+from service.schemas import DatasetPreview, DatasetRead, DatasetUpdate, Page
 from service.server import datasets
 from service.server.api.deps import DatasetDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep, StorageDep
 from service.server.errors import InvalidInput, problem_responses
@@ -37,7 +37,9 @@ async def upload_dataset(request: Request, session: SessionDep, storage: Storage
     try:
         upload = await receive_file(request, raw, max_bytes=settings.max_upload_bytes)
         watch = asyncio.create_task(_watch_disconnect(request, gone))  # the body is read: only a disconnect is left
-        name = datasets.clean_name(upload.fields.get("name") or upload.filename, "upload")
+        given = upload.fields.get("name")
+        name = datasets.clean_name(given, "upload") if given else datasets.clean_name(upload.filename, "upload",
+                                                                                       path=True)
         return await run_in_threadpool(
             datasets.create, session=session, storage=storage, upload_path=raw, name=name,
             size_bytes=upload.size, sha256=upload.sha256, owner=principal.owner,
@@ -72,6 +74,12 @@ def list_datasets(session: SessionDep, principal: PrincipalDep, limit: LimitDep 
             summary="Show a data set and its column schema")
 def show_dataset(dataset: DatasetDep) -> Dataset:
     return dataset
+
+
+@router.patch("/{dataset_id}", response_model=DatasetRead, responses=problem_responses(404, 422),
+              summary="Rename a data set or set the kinds of its columns")
+def update_dataset(change: DatasetUpdate, dataset: DatasetDep, session: SessionDep, storage: StorageDep) -> Dataset:
+    return datasets.update(session=session, storage=storage, dataset=dataset, change=change)
 
 
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview, responses=problem_responses(404, 422),

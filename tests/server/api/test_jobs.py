@@ -14,7 +14,8 @@ def test_submit_returns_202_with_location_and_inferred_task(client, iris):
     job = resp.json()
     assert resp.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["task"] == "classification"
-    assert job["progress"] == {"epoch": 0, "epochs": 200}
+    assert job["progress"] == {"epoch": 0, "epochs": 200, "step": None, "steps": None, "samples_per_second": None,
+                               "eta_s": None}
     assert job["spec"]["features"] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     # the default is the ensemble, resolved for 150 rows: 16 members over 4 folds, batches of 32
     assert job["spec"]["schema_version"] == 2

@@ -3,12 +3,14 @@
 An iris model (hidden 64-64) is trained through a real `mlps serve`; `bench/minimal_app.py` then serves the same
 model folder (loaded by the project's artifact loader) in a second uvicorn process. Both answer single-record
 `POST /predict` over keep-alive HTTP on loopback:
-- latency: blocks of requests alternate between the two servers, one request at a time; p50 / p99 over all;
+- latency: blocks of requests alternate between the two servers, one request at a time, in `--latency-rounds`
+  rounds; p50 / p99 per round and server, each figure the median over rounds (with the range of the per-round
+  ratios);
 - throughput: 16 client threads, each with its own keep-alive connection, for a fixed time, alternating too.
 Batch scoring uploads a generated 1 M-row CSV of iris-like measurements to `POST /models/{id}/predict` and
 reads the whole streamed answer; rows/s from the start of the upload to the last byte.
 
-Usage: python bench/predict.py [--requests 1000] [--seconds 3] [--rounds 2] [--rows 1000000]
+Usage: python bench/predict.py [--requests 1000] [--latency-rounds 3] [--seconds 3] [--rounds 2] [--rows 1000000]
 """
 
 import argparse
@@ -95,7 +97,8 @@ def score_file(http: httpx.Client, model_id: str, path: Path) -> tuple[float, in
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=1000, help="single-record requests per server")
+    ap.add_argument("--requests", type=int, default=1000, help="single-record requests per server and round")
+    ap.add_argument("--latency-rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of one throughput run")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
@@ -116,22 +119,34 @@ def main() -> None:
         with minimal, minimal.client(timeout=30) as floor:
             latencies(http, body, 50)  # warm-up: model cache, connection, first inference
             latencies(floor, body, 50)
-            ours, theirs = [], []
             block = max(1, args.requests // 10)
-            for _ in range(args.requests // block):
-                ours += latencies(http, body, block)
-                theirs += latencies(floor, body, block)
+            rounds: list[tuple[list[float], list[float]]] = []
+            for _ in range(args.latency_rounds):
+                ours, theirs = [], []
+                for _ in range(args.requests // block):
+                    ours += latencies(http, body, block)
+                    theirs += latencies(floor, body, block)
+                rounds.append((ours, theirs))
             ours_rps, theirs_rps = [], []
             for _ in range(args.rounds):
                 ours_rps.append(throughput(service, body, args.clients, args.seconds))
                 theirs_rps.append(throughput(minimal, body, args.clients, args.seconds))
+        def per_round(q: float) -> tuple[list[float], list[float], list[float]]:
+            a = [percentile(o, q) for o, _ in rounds]
+            b = [percentile(t, q) for _, t in rounds]
+            return a, b, [x / y for x, y in zip(a, b, strict=True)]
+
+        p50, p99 = per_round(0.5), per_round(0.99)
+
+        def ratio(figures: list[float]) -> str:
+            return f"{median(figures):.2f} ({min(figures):.2f}–{max(figures):.2f})"
+
         lat_rows = [
-            ["service `POST /predict`", f"{1e3 * median(ours):.2f}", f"{1e3 * percentile(ours, 0.99):.2f}",
+            ["service `POST /predict`", f"{1e3 * median(p50[0]):.2f}", f"{1e3 * median(p99[0]):.2f}",
              f"{median(ours_rps):,.0f}"],
-            ["minimal FastAPI app, same model", f"{1e3 * median(theirs):.2f}", f"{1e3 * percentile(theirs, 0.99):.2f}",
+            ["minimal FastAPI app, same model", f"{1e3 * median(p50[1]):.2f}", f"{1e3 * median(p99[1]):.2f}",
              f"{median(theirs_rps):,.0f}"],
-            ["ratio service / minimal", f"{median(ours) / median(theirs):.2f}",
-             f"{percentile(ours, 0.99) / percentile(theirs, 0.99):.2f}",
+            ["ratio service / minimal (range over rounds)", ratio(p50[2]), ratio(p99[2]),
              f"{median(ours_rps) / median(theirs_rps):.2f}"],
         ]
         csv = scoring_csv(Path(tmp), args.rows)
@@ -142,8 +157,8 @@ def main() -> None:
                 raise RuntimeError(f"scored {n} rows of {args.rows}")
     print(markdown_table(["server", "latency p50 (ms)", "latency p99 (ms)",
                           f"throughput, {args.clients} clients (requests/s)"], lat_rows))
-    print(f"\n{args.requests} single-record requests per server in alternating blocks of {block}; throughput: median "
-          f"of {args.rounds} runs of {args.seconds:g} s each.\n")
+    print(f"\n{args.requests} single-record requests per server and round in alternating blocks of {block}, "
+          f"{args.latency_rounds} rounds; throughput: median of {args.rounds} runs of {args.seconds:g} s each.\n")
     seconds = median([s for s, _ in runs])
     print(markdown_table(["file", "rows", "seconds (median)", "rows/s"],
                          [[f"generated CSV, 4 numeric columns, {size_mb:.0f} MB", f"{args.rows:,}", f"{seconds:.2f}",

@@ -1,23 +1,31 @@
 """Training throughput: the engine a job runs vs the lecture's DataLoader loop vs a hand-written loop.
 
-Network 784-256-256-10 ReLU (no dropout), 60 000 generated samples, Adam, the same epochs and seed for each.
-The engine is `service.training.loop.train` exactly as a job calls it, per-epoch train metrics included; it gets
-no validation data (so all 60 000 rows train and early stopping has nothing to monitor; patience is 0 too).
-(a) is the lecture's loop over `DataLoader(TensorDataset(X, y), batch_size=B, shuffle=True)`; (b) is a
-hand-written loop over pre-loaded tensors with randperm slicing. Rounds interleave the three loops; each
-figure is the median over rounds, each ratio the median of the per-round ratios. FLOP/s ≈ 6 × parameters ×
-samples/s, against a large float32 torch.mm timed in the same run. With CUDA available, the same comparison
-runs on the GPU at batch 1024 and 4096, with and without bf16 autocast.
+Network 784-256-256-10 ReLU (no dropout), 60 000 generated samples, the same optimizer settings, epochs and seed for
+each: Adam (lr 1e-3) and SGD (lr 0.01, momentum 0.9). The engine is `service.training.loop.train` exactly as a job
+calls it, per-epoch train figures included (the full set at the last epoch); it gets no validation data (so all
+60 000 rows train and early stopping has nothing to monitor; patience is 0 too). (a) is the lecture's loop over
+`DataLoader(TensorDataset(X, y), batch_size=B, shuffle=True)`; (b) is a hand-written loop over pre-loaded tensors
+with randperm slicing and torch's default optimizer implementation. Rounds interleave the three loops; each figure is
+the median over rounds with its spread (max − min over rounds, as a share of the median), each ratio the median of
+the per-round ratios. FLOP/s ≈ 6 × parameters × samples/s, against a large float32 torch.mm timed in the same run.
 
-One torch thread by default: on a small machine shared with other work, a second OpenMP thread makes each parallel
-region wait for a thread that may not be scheduled (minibatch steps measured up to 20× slower), which would
-measure the neighbours rather than the loops; `--threads 0` uses torch's default.
+Under load: the same engine with the thread count a job would choose (`service.server.runner.Threads`: the CPUs
+this process may use, less those other work keeps busy) and the lecture's loop with torch's default threads, each
+timed quiet and then with a second process burning one core, interleaved; the figure is loaded speed / quiet speed.
 
-Usage: python bench/training.py [--epochs 1] [--rounds 3] [--samples 60000] [--threads 1]
+With CUDA available, the same comparison runs on the GPU at batch 1024 and 4096, with and without bf16 autocast.
+
+One torch thread by default for the first table: on a small machine shared with other work, a second OpenMP thread
+makes each parallel region wait for a thread that may not be scheduled (minibatch steps measured up to 20× slower),
+which would measure the neighbours rather than the loops; `--threads 0` uses torch's default.
+
+Usage: python bench/training.py [--epochs 2] [--rounds 3] [--samples 60000] [--threads 1] [--load-rounds 3]
+       [--load-samples 15000]
 """
 
 import argparse
 import contextlib
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,12 +38,14 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, median  # noqa: E402
 
+from service.server.runner import Threads  # noqa: E402
 from service.training.loop import TrainConfig, TrainData, train  # noqa: E402
 from service.training.nets import NetSpec, build_network, count_parameters  # noqa: E402
 
 HIDDEN = (256, 256)
 N_INPUTS, N_CLASSES = 784, 10
-LR = 1e-3
+LR = {"adam": 1e-3, "sgd": 0.01}
+MOMENTUM = 0.9
 
 
 def generate(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +71,18 @@ def autocast(device: str, bf16: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def run_engine(X: np.ndarray, y: np.ndarray, batch: int, epochs: int, device: str = "cpu", bf16: bool = False) -> float:
+def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
+    """The lecture's optimizer with torch's default implementation."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=LR["sgd"], momentum=MOMENTUM)
+    return torch.optim.Adam(model.parameters(), lr=LR["adam"])
+
+
+def run_engine(X: np.ndarray, y: np.ndarray, batch: int, epochs: int, device: str = "cpu", bf16: bool = False,
+               optimizer: str = "adam") -> float:
     data = TrainData(task="classification", X_train=X, y_train=y, X_val=X[:0], y_val=y[:0], n_classes=N_CLASSES)
-    config = TrainConfig(epochs=epochs, batch_size=batch, learning_rate=LR, early_stopping_patience=0, seed=0)
+    config = TrainConfig(epochs=epochs, batch_size=batch, optimizer=optimizer, learning_rate=LR[optimizer],
+                         momentum=MOMENTUM, early_stopping_patience=0, seed=0)
     sync(device)
     t0 = time.perf_counter()
     with autocast(device, bf16):
@@ -72,12 +91,12 @@ def run_engine(X: np.ndarray, y: np.ndarray, batch: int, epochs: int, device: st
     return len(X) * epochs / (time.perf_counter() - t0)
 
 
-def run_dataloader(X: np.ndarray, y: np.ndarray, batch: int, epochs: int) -> float:
+def run_dataloader(X: np.ndarray, y: np.ndarray, batch: int, epochs: int, optimizer_name: str = "adam") -> float:
     """The lecture's loop."""
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = network()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = make_optimizer(optimizer_name, model)
     loss_fn = nn.CrossEntropyLoss()
     loader = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), batch_size=batch, shuffle=True)
     model.train()
@@ -91,14 +110,14 @@ def run_dataloader(X: np.ndarray, y: np.ndarray, batch: int, epochs: int) -> flo
 
 
 def run_handwritten(X: np.ndarray, y: np.ndarray, batch: int, epochs: int, device: str = "cpu",
-                    bf16: bool = False) -> float:
+                    bf16: bool = False, optimizer_name: str = "adam") -> float:
     """Pre-loaded tensors, randperm slicing, nothing else."""
     torch.manual_seed(0)
     sync(device)
     t0 = time.perf_counter()
     Xt, yt = torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
     model = network().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = make_optimizer(optimizer_name, model)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     n = len(Xt)
@@ -134,34 +153,86 @@ def fmt(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def spread(values: list[float]) -> str:
+    """max − min over rounds as a share of the median."""
+    return f"±{100 * (max(values) - min(values)) / median(values) / 2:.0f}%"
+
+
 def cpu_section(X: np.ndarray, y: np.ndarray, epochs: int, rounds: int) -> str:
     params = count_parameters(network())
     # warm-up: kernels, thread pool, the optimizer's lazy imports
-    for fn in (run_engine, run_dataloader, run_handwritten):
-        fn(X[:4096], y[:4096], 256, 1)
+    for name in ("adam", "sgd"):
+        run_engine(X[:4096], y[:4096], 256, 1, optimizer=name)
+        run_dataloader(X[:4096], y[:4096], 256, 1, name)
+        run_handwritten(X[:4096], y[:4096], 256, 1, optimizer_name=name)
     rows, notes = [], []
     peak = []
-    for batch in (128, 1024):
-        figures: dict[str, list[float]] = {"engine": [], "a": [], "b": []}
-        for _ in range(rounds):
-            peak.append(matmul_flops())
-            figures["engine"].append(run_engine(X, y, batch, epochs))
-            figures["a"].append(run_dataloader(X, y, batch, epochs))
-            figures["b"].append(run_handwritten(X, y, batch, epochs))
-        vs_a = median([e / a for e, a in zip(figures["engine"], figures["a"], strict=True)])
-        vs_b = median([e / b for e, b in zip(figures["engine"], figures["b"], strict=True)])
-        engine = median(figures["engine"])
-        rows.append([batch, fmt(engine), fmt(median(figures["a"])), fmt(median(figures["b"])), f"{vs_a:.2f}",
-                     f"{vs_b:.2f}", f"{6 * params * engine / 1e9:.1f}",
-                     f"{6 * params * median(figures['b']) / 1e9:.1f}"])
-        notes.append((batch, engine))
+    for name in ("adam", "sgd"):
+        for batch in (128, 1024):
+            figures: dict[str, list[float]] = {"engine": [], "a": [], "b": []}
+            for _ in range(rounds):
+                peak.append(matmul_flops())
+                figures["engine"].append(run_engine(X, y, batch, epochs, optimizer=name))
+                figures["a"].append(run_dataloader(X, y, batch, epochs, name))
+                figures["b"].append(run_handwritten(X, y, batch, epochs, optimizer_name=name))
+            vs_a = median([e / a for e, a in zip(figures["engine"], figures["a"], strict=True)])
+            vs_b = median([e / b for e, b in zip(figures["engine"], figures["b"], strict=True)])
+            engine = median(figures["engine"])
+            rows.append([name, batch, f"{fmt(engine)} {spread(figures['engine'])}",
+                         f"{fmt(median(figures['a']))} {spread(figures['a'])}",
+                         f"{fmt(median(figures['b']))} {spread(figures['b'])}", f"{vs_a:.2f}", f"{vs_b:.2f}",
+                         f"{6 * params * engine / 1e9:.1f}", f"{6 * params * median(figures['b']) / 1e9:.1f}"])
+            notes.append((name, batch, engine))
     mm = median(peak)
-    table = markdown_table(["batch", "engine (samples/s)", "(a) DataLoader (samples/s)", "(b) hand-written (samples/s)",
-                            "engine / (a)", "engine / (b)", "engine GFLOP/s", "(b) GFLOP/s"], rows)
-    share = ", ".join(f"batch {b}: {100 * 6 * params * s / mm:.0f}%" for b, s in notes)
+    table = markdown_table(["optimizer", "batch", "engine (samples/s)", "(a) DataLoader (samples/s)",
+                            "(b) hand-written (samples/s)", "engine / (a)", "engine / (b)", "engine GFLOP/s",
+                            "(b) GFLOP/s"], rows)
+    share = ", ".join(f"{n} batch {b}: {100 * 6 * params * s / mm:.0f}%" for n, b, s in notes)
     return (f"{table}\n\nParameters: {params:,}; {len(X):,} samples × {epochs} epochs per run, median of {rounds} "
-            f"rounds. Measured float32 matmul (2048², median of {7 * len(peak)}): {mm / 1e9:.1f} GFLOP/s. "
-            f"Engine FLOP/s as a share of it: {share}.")
+            f"rounds (± half the range over rounds). Measured float32 matmul (2048², median of {7 * len(peak)}): "
+            f"{mm / 1e9:.1f} GFLOP/s. Engine FLOP/s as a share of it: {share}.")
+
+
+def burner() -> subprocess.Popen:
+    """A second process keeping one core busy."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def load_section(X: np.ndarray, y: np.ndarray, epochs: int, rounds: int, batch: int = 128) -> str:
+    """Quiet vs one core burnt by another process: the engine with a job's thread rule, the lecture's loop with
+    torch's default threads."""
+    default_threads = torch.get_num_threads()
+    figures: dict[str, list[float]] = {"engine quiet": [], "engine loaded": [], "a quiet": [], "a loaded": []}
+    chosen: dict[str, list[int]] = {"quiet": [], "loaded": []}
+    work = count_parameters(network()) * batch
+    for _ in range(rounds):
+        for state in ("quiet", "loaded"):
+            other = burner() if state == "loaded" else None
+            try:
+                if other is not None:
+                    time.sleep(0.5)  # let it take its core
+                threads = Threads(configured=0, jobs=1)
+                chosen[state].append(threads.start(work))
+                figures[f"engine {state}"].append(run_engine(X, y, batch, epochs))
+                torch.set_num_threads(default_threads)
+                figures[f"a {state}"].append(run_dataloader(X, y, batch, epochs))
+            finally:
+                if other is not None:
+                    other.kill()
+                    other.wait()
+    rows = []
+    for label, key in (("service engine, a job's thread rule", "engine"), ("(a) DataLoader, torch's default threads",
+                                                                          "a")):
+        quiet, loaded = figures[f"{key} quiet"], figures[f"{key} loaded"]
+        ratio = median([b / a for a, b in zip(quiet, loaded, strict=True)])
+        threads = (f"{sorted(set(chosen['quiet']))} / {sorted(set(chosen['loaded']))}" if key == "engine"
+                   else f"{default_threads} / {default_threads}")
+        rows.append([label, threads, f"{fmt(median(quiet))} {spread(quiet)}", f"{fmt(median(loaded))} {spread(loaded)}",
+                     f"{ratio:.2f}"])
+    table = markdown_table(["loop (Adam, batch 128)", "threads quiet / loaded", "quiet (samples/s)",
+                            "one core burnt elsewhere (samples/s)", "loaded / quiet"], rows)
+    return (f"{table}\n\n{len(X):,} samples × {epochs} epochs per run, quiet and loaded interleaved, median of "
+            f"{rounds} rounds (± half the range).")
 
 
 def gpu_section(X: np.ndarray, y: np.ndarray, epochs: int, rounds: int) -> str:
@@ -193,17 +264,25 @@ def gpu_section(X: np.ndarray, y: np.ndarray, epochs: int, rounds: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=60_000)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every loop and the matmul (0: torch's default, one per core)")
+    ap.add_argument("--load-rounds", type=int, default=3, help="rounds of the under-load comparison (0: none)")
+    ap.add_argument("--load-samples", type=int, default=15_000,
+                    help="samples of the under-load comparison (the lecture's loop on two busy threads is slow)")
     args = ap.parse_args()
+    X, y = generate(args.samples)
+    default_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    X, y = generate(args.samples)
     print("### CPU\n")
     print(cpu_section(X, y, args.epochs, args.rounds))
+    if args.load_rounds:
+        torch.set_num_threads(default_threads)
+        print("\n### CPU under load\n")
+        print(load_section(X[:args.load_samples], y[:args.load_samples], 1, args.load_rounds))
     print("\n### GPU\n")
     print(gpu_section(X, y, args.epochs, args.rounds))
     print(f"\nMachine: {machine()}.")

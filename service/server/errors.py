@@ -430,11 +430,13 @@ class RequestId:
 
 
 def install_error_handlers(app: FastAPI, classify: Callable[[BaseException], ServiceError | None] | None = None,
-                           fault_types: tuple[type[Exception], ...] = ()) -> None:
+                           fault_types: tuple[type[Exception], ...] = (), request_ids: bool = True) -> None:
     """Render every error, ours or the framework's, in the same problem shape. `classify` turns a server-side
     fault (a full disk, an unavailable database: exceptions of `fault_types`) into the ServiceError a client should
-    see instead of a 500. The OpenAPI document gets the Problem components that problem_responses refers to."""
-    app.add_middleware(RequestId)
+    see instead of a 500. The OpenAPI document gets the Problem components that problem_responses refers to.
+    `request_ids`: add the RequestId middleware (an app whose own middleware sets the request id leaves it out)."""
+    if request_ids:
+        app.add_middleware(RequestId)
     build_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -7,9 +7,9 @@ pass initialises kernels and thread pools; doing both here, before any fork, mea
 import numpy as np
 import torch
 
-import service.server.runner  # noqa: F401  (before the thread count drops below: it records torch's default)
+import service.server.runner  # noqa: F401  (what every job process runs, imported once here)
 from service.training.ensemble import EnsembleConfig, train_ensemble
-from service.training.loop import TrainConfig, TrainData, train
+from service.training.loop import TrainConfig, TrainData, flush_denormals_for_good, train
 from service.training.nets import NetSpec
 
 
@@ -27,4 +27,5 @@ def _warm_up() -> None:
 # One thread while warming: an OpenMP thread pool created here would not survive the fork (the child would
 # hang on its first parallel kernel), so the pool is only ever created inside each job's process.
 torch.set_num_threads(1)
+flush_denormals_for_good()  # inherited by every job process forked from here (run_job sets it again for spawn)
 _warm_up()

@@ -104,7 +104,7 @@ def heartbeat(*, session: Session, job_id: str, token: str, lease_s: float) -> b
 
 def start_attempt(*, session: Session, job_id: str, token: str, device: str, from_epoch: int = 0) -> None:
     """Record the attempt's device; metrics a lost attempt wrote after `from_epoch` are dropped."""
-    _guarded(session, job_id, token, device=device, epoch=from_epoch)
+    _guarded(session, job_id, token, device=device, epoch=from_epoch, step_progress=None)
     session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch > from_epoch))
 
 
@@ -117,7 +117,7 @@ def record_epochs(*, session: Session, job_id: str, token: str, rows: list[tuple
     extra: dict[str, Any] = {"checkpoint": checkpoint} if checkpoint is not None else {}
     if rows:
         epoch, metrics = rows[-1]
-        extra |= {"epoch": epoch, "latest_metrics": {"epoch": epoch, **metrics}}
+        extra |= {"epoch": epoch, "latest_metrics": {"epoch": epoch, **metrics}, "step_progress": None}
     _guarded(session, job_id, token, lease_expires_at=utcnow() + timedelta(seconds=lease_s), **extra)
     if rows:
         now = utcnow()
@@ -126,8 +126,14 @@ def record_epochs(*, session: Session, job_id: str, token: str, rows: list[tuple
     return _cancel_requested(session, job_id)
 
 
+def record_steps(*, session: Session, job_id: str, token: str, steps: dict[str, Any]) -> None:
+    """Store where the epoch in progress stands (a long epoch's steps, rate and time left)."""
+    _guarded(session, job_id, token, step_progress=steps)
+
+
 def _terminal(status: JobStatus, **values: Any) -> dict[str, Any]:
-    return {"status": status, "lease_token": None, "lease_expires_at": None, "finished_at": utcnow(), **values}
+    return {"status": status, "lease_token": None, "lease_expires_at": None, "finished_at": utcnow(),
+            "step_progress": None, **values}
 
 
 def succeed(*, session: Session, job_id: str, token: str, model: Model, result: dict[str, Any]) -> None:

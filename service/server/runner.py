@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.server import faults, queue
 from service.server.config import Settings
 from service.server.db import make_engine, make_sessionmaker, session_scope
+from service.server.devices import CpuLoad, cpu_budget
 from service.server.logs import configure as configure_logging
 from service.server.logs import job_id_var
 from service.server.spec import StoredSpec, read_spec, required
@@ -25,7 +26,18 @@ from service.training import ingest
 from service.training.artifact import ModelMeta, load_checkpoint, prune_checkpoints, save_checkpoint, save_model
 from service.training.ensemble import EnsembleConfig, EnsembleState, train_ensemble
 from service.training.features import Encoding, load_columns
-from service.training.loop import EpochHook, EpochReport, TrainConfig, TrainingError, TrainResult, TrainState, train
+from service.training.loop import (
+    EpochHook,
+    EpochReport,
+    StepHook,
+    StepReport,
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    TrainState,
+    flush_denormals_for_good,
+    train,
+)
 from service.training.nets import NetSpec, count_parameters
 from service.training.perceptron import train_perceptron
 from service.training.pipeline import Prepared, SplitSpec, final_report, prepare, prepare_arrays
@@ -44,13 +56,17 @@ def _feature_schema(preprocessing: dict[str, Any]) -> list[dict[str, Any]]:
         item: dict[str, Any] = {"name": f["name"], "kind": f["kind"]}
         if f["kind"] == "categorical":
             item["categories"] = f["categories"]
+        elif f["kind"] == "datetime":
+            item["layout"] = f["layout"]
         out.append(item)
     return out
 
 
 def run_job(settings_json: str, job_id: str, token: str, device: str, device_description: str,
-            worker_pid: int) -> None:
-    """Entry point of the child process. Every write is guarded by the lease token."""
+            worker_pid: int, jobs_on_device: int = 1) -> None:
+    """Entry point of the child process (`jobs_on_device`: the worker's jobs on this device, this one included).
+    Every write is guarded by the lease token."""
+    flush_denormals_for_good()
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log_format)
     job_id_var.set(job_id)
@@ -60,7 +76,7 @@ def run_job(settings_json: str, job_id: str, token: str, device: str, device_des
     sessions = make_sessionmaker(engine)
     storage = Storage(settings.data_dir)
     try:
-        _run(settings, sessions, storage, job_id, token, device, device_description)
+        _run(settings, sessions, storage, job_id, token, device, device_description, jobs_on_device)
     except queue.LeaseLost:
         log.warning("job %s: lease lost; another attempt owns it now, stopping", job_id)
     except Exception as exc:
@@ -106,17 +122,63 @@ def _exit_with_worker(worker_pid: int) -> None:
 # on a busy machine may not be scheduled at all for a while (measured: 20× slower steps with 2 threads on 2 shared
 # cores). The whole job's size does not matter; only how much one step can share out.
 SMALL_STEP_WORK = 16_000_000
-# torch's default intra-op thread count, read when this module is first imported: the worker's fork server
-# imports it (through service.server.preload) before it drops to one thread for the warm-up.
-DEFAULT_THREADS = torch.get_num_threads()
+# How often a training job looks at the machine's load again (at an epoch's end, or between a long epoch's steps).
+RETHREAD_S = 10.0
 
 
-def _set_threads(configured: int, work: int) -> int:
-    """Threads for this job: the configured count, else 1 for small steps (a pool costs more than it
-    saves there), else torch's default. The fork server warmed up on one thread (see service.server.preload)."""
-    threads = configured or (1 if work < SMALL_STEP_WORK else DEFAULT_THREADS)
-    torch.set_num_threads(threads)
-    return threads
+def thread_count(*, configured: int, work: int, cpus: int, jobs: int, busy_elsewhere: float | None) -> int:
+    """Threads for one job: `configured` (MLPS_TORCH_THREADS) when set; else 1 for small steps (a pool costs more
+    than it saves there); else the `cpus` this process may use (affinity mask, cgroup quota) shared among the
+    `jobs` running on this worker's CPU, and never more than the CPUs that other work (`busy_elsewhere`, other
+    jobs included) leaves idle: a thread that waits for a core slows every parallel region of the step."""
+    if configured:
+        return configured
+    if work < SMALL_STEP_WORK:
+        return 1
+    share = max(1, cpus // max(jobs, 1))
+    if busy_elsewhere is not None:
+        share = min(share, max(1, round(cpus - busy_elsewhere)))
+    return share
+
+
+class Threads:
+    """The job's torch thread count: chosen once its data is loaded, and chosen again every RETHREAD_S while it
+    trains, as other work on the machine comes and goes. The fork server warmed up on one thread (see
+    service.server.preload)."""
+
+    def __init__(self, configured: int, jobs: int) -> None:
+        self.configured, self.jobs = configured, jobs
+        self.load = CpuLoad()
+        self.cpus = cpu_budget()
+        self.work = 0
+        self.count = 0
+        self.checked = 0.0
+        self.counts: list[int] = []  # every count the job used, in order
+
+    def start(self, work: int) -> int:
+        self.work = work
+        self._set()
+        return self.count
+
+    def adjust(self) -> None:
+        """Choose again if RETHREAD_S has passed (reading the load costs a few microseconds; nothing waits)."""
+        if self.configured or self.work < SMALL_STEP_WORK or time.monotonic() - self.checked < RETHREAD_S:
+            return
+        self._set(min_interval_s=0.0)
+
+    def _set(self, min_interval_s: float = 0.2) -> None:
+        busy = None if self.configured or self.work < SMALL_STEP_WORK else \
+            self.load.busy_elsewhere(min_interval_s)
+        count = thread_count(configured=self.configured, work=self.work, cpus=self.cpus, jobs=self.jobs,
+                             busy_elsewhere=busy)
+        self.checked = time.monotonic()
+        if count != self.count:
+            torch.set_num_threads(count)
+            if self.count:
+                log.info("threads %d → %d (%.1f of %d CPUs busy with other work)", self.count, count, busy or 0.0,
+                         self.cpus)
+            self.count = count
+            self.counts.append(count)
 
 
 def _fail(sessions: sessionmaker[Session], job_id: str, token: str, message: str) -> None:
@@ -152,6 +214,20 @@ class Progress:
         if self.pending is not None or self.due():
             self.flush()
         return self.cancel
+
+    def step(self, report: StepReport) -> None:
+        """Where the epoch in progress stands (a long epoch's steps), written at once for the event stream. A
+        failed write only skips this report (the next comes in a few seconds); a lost lease stops the job."""
+        try:
+            with session_scope(self.sessions) as s:
+                queue.record_steps(session=s, job_id=self.job_id, token=self.token,
+                                   steps={"epoch": report.epoch, "step": report.step, "steps": report.steps,
+                                          "samples_per_second": round(report.samples_per_second, 1),
+                                          "eta_s": round(report.eta_s, 1)})
+        except queue.LeaseLost:
+            raise
+        except Exception as exc:
+            log.warning("job %s: progress of epoch %d not recorded (%s)", self.job_id, report.epoch, exc)
 
     def flush(self) -> None:
         pending, rows = self.pending, self.rows
@@ -218,10 +294,14 @@ def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage) -> Prepared:
         return prepare_arrays(ingest.load_arrays(path), task=spec.task, split=split,
                               class_weights=training.class_weights)
     columns = {c["name"]: c for c in dataset.columns}
+    # The kinds the job was submitted with (a later PATCH of the data set does not change a queued job); specs
+    # stored before kinds were recorded take the data set's.
+    kinds = spec.column_kinds or {f: columns[f]["kind"] for f in spec.features}
+    layouts = spec.date_layouts or {f: columns[f]["datetime_layout"] for f in spec.features
+                                    if columns[f].get("datetime_layout")}
     table = load_columns(path, [*spec.features, *spec.targets])
-    return prepare(table, targets=spec.targets, features=spec.features,
-                   kinds={f: columns[f]["kind"] for f in spec.features}, task=spec.task, split=split,
-                   class_weights=training.class_weights, encoding=encoding_for(spec))
+    return prepare(table, targets=spec.targets, features=spec.features, kinds=kinds, layouts=layouts,
+                   task=spec.task, split=split, class_weights=training.class_weights, encoding=encoding_for(spec))
 
 
 def encoding_for(spec: StoredSpec) -> Encoding:
@@ -254,24 +334,37 @@ def ensemble_config(spec: StoredSpec) -> EnsembleConfig:
 
 
 def _train(spec: StoredSpec, prepared: Prepared, device: str, hook: EpochHook, resume: Resume | None,
-           history: list[dict[str, Any]]) -> TrainResult:
+           history: list[dict[str, Any]], on_step: StepHook | None = None) -> TrainResult:
     model = spec.model
     if model.type == "perceptron":
         return train_perceptron(prepared.data, TrainConfig.from_dict(spec.training.model_dump()), on_epoch=hook)
     # _resume_point reads a checkpoint only of the job's own kind
     if model.type == "ensemble":
         return train_ensemble(prepared.data, ensemble_config(spec), device=device, on_epoch=hook,
-                              resume=resume if isinstance(resume, EnsembleState) else None, history=history)
+                              resume=resume if isinstance(resume, EnsembleState) else None, history=history,
+                              on_step=on_step)
     net_spec = NetSpec(type=model.type, hidden_layers=tuple(required(model.hidden_layers, "model.hidden_layers")),
                        activation=required(model.activation, "model.activation"),
                        dropout=float(required(model.dropout, "model.dropout")), batch_norm=bool(model.batch_norm))
     return train(prepared.data, net_spec, TrainConfig.from_dict(spec.training.model_dump()), device=device,
-                 on_epoch=hook, resume=resume if isinstance(resume, TrainState) else None, history=history)
+                 on_epoch=hook, resume=resume if isinstance(resume, TrainState) else None, history=history,
+                 on_step=on_step)
 
 
-def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], stop: dict[str, str]) -> EpochHook:
+def _step_hook(progress: Progress, threads: Threads) -> StepHook:
+    """Inside a long epoch: the epoch's steps to the database, and the thread count looked at again."""
+
+    def on_step(report: StepReport) -> None:
+        progress.step(report)
+        threads.adjust()
+
+    return on_step
+
+
+def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], stop: dict[str, str],
+          threads: Threads | None = None) -> EpochHook:
     """The runner's answer to each epoch report: checkpoint when due, queue the metrics, stop on cancel or on
-    the job's time limit."""
+    the job's time limit; the thread count is looked at again every RETHREAD_S."""
     started = time.perf_counter()
     earlier_seconds = sum(row.get("seconds", 0.0) for row in history)
     kind = _kind(spec)
@@ -282,6 +375,8 @@ def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], s
             if state is not None:
                 progress.checkpoint(state, report.history, kind)
         cancel = progress.add(report.epoch, report.metrics)
+        if threads is not None:
+            threads.adjust()
         ran = earlier_seconds + time.perf_counter() - started
         if spec.max_runtime_s is not None and ran > spec.max_runtime_s:
             progress.flush()
@@ -294,7 +389,8 @@ def _hook(progress: Progress, spec: StoredSpec, history: list[dict[str, Any]], s
 
 
 def _run(settings: Settings, sessions: sessionmaker[Session], storage: Storage, job_id: str, token: str, device: str,
-         device_description: str) -> None:
+         device_description: str, jobs_on_device: int = 1) -> None:
+    threads = Threads(settings.torch_threads, jobs_on_device)  # measures the load from here until training starts
     spec, dataset, resume, history = _load(sessions, storage, job_id, token, device_description)
     if dataset is None:
         _fail(sessions, job_id, token, "the job's data set was deleted before it could start")
@@ -306,11 +402,12 @@ def _run(settings: Settings, sessions: sessionmaker[Session], storage: Storage, 
     try:
         try:
             prepared = _prepare(spec, dataset, storage)
-            threads = _set_threads(settings.torch_threads, _step_work(spec, prepared))
+            threads.start(_step_work(spec, prepared))
             data_seconds = time.perf_counter() - started
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(device)
-            result = _train(spec, prepared, device, _hook(progress, spec, history, stop), resume, history)
+            result = _train(spec, prepared, device, _hook(progress, spec, history, stop, threads), resume, history,
+                            _step_hook(progress, threads))
             progress.flush()
             if result.stopped_by == "time_limit":
                 raise _Stop(stop["message"])
@@ -332,7 +429,8 @@ def _run(settings: Settings, sessions: sessionmaker[Session], storage: Storage, 
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return
     _publish(sessions, storage, job_id, token, spec, dataset, prepared, result, report, device,
-             {"resumed_from_epoch": resume.epoch if resume else None, "threads": threads,
+             {"resumed_from_epoch": resume.epoch if resume else None, "threads": threads.counts[0],
+              **({"threads_changed": threads.counts[1:]} if len(threads.counts) > 1 else {}),
               "data_seconds": round(data_seconds, 3)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info("job %s succeeded (data %.2f s, total %.2f s)", job_id, data_seconds, time.perf_counter() - started)

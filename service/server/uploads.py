@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.server.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia, problem
+from service.server.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 
 FILE_FIELD = "file"
 MAX_TEXT_FIELD = 1024
@@ -134,41 +132,3 @@ async def receive_file(request: Request, dest: Path, *, max_bytes: int) -> Uploa
                            errors=[{"field": FILE_FIELD, "message": "field required"}])
     upload.sha256 = hasher.hexdigest()
     return upload
-
-
-class BodyLimit:
-    """ASGI middleware: a request body other than a multipart upload (those stream under max_upload_bytes)
-    larger than max_bytes gets 413, from its Content-Length before it is read, else as soon as it passes."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        if headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
-            await self.app(scope, receive, send)
-            return
-        message = f"request bodies are limited to {self.max_bytes:,} bytes; send fewer records per request"
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            response = problem(413, "payload-too-large", "Payload too large", message, Request(scope),
-                               [{"field": "body", "message": message}])
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    # An HTTPException passes through FastAPI's body parsing as it is (others become 400).
-                    raise HTTPException(413, detail=message)
-            return msg
-
-        await self.app(scope, counted, send)

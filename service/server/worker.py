@@ -278,7 +278,7 @@ class Worker:
         process = self._ctx.Process(
             target=run_job, name=f"mlps-job-{claim.job_id}",
             args=(self.settings.model_dump_json(), claim.job_id, claim.token, device.name, device.description,
-                  os.getpid()),
+                  os.getpid(), 1 + sum(slot.device.name == device.name for slot in self.slots.values())),
         )
         process.start()
         self.slots[claim.job_id] = Slot(claim=claim, device=device, process=process)

@@ -24,13 +24,19 @@ from service.training.loop import (
     EVAL_CHUNK,
     EpochHook,
     EpochReport,
+    StepClock,
+    StepHook,
     Task,
     TrainData,
     TrainingError,
     TrainResult,
     as_floats,
+    flushed_denormals,
 )
 from service.training.nets import EnsembleNet
+
+# Steps whose outputs are kept before the epoch's train accuracy counts them (see _train_ensemble).
+FOLD_STEPS = 64
 
 
 @dataclass(frozen=True)
@@ -327,6 +333,42 @@ def _pool(data: TrainData, cfg: EnsembleConfig, plan: list[Member], task: Task, 
                  eval_rows=eval_rows, val_mask=held_out[:, eval_rows].float(), info=info)
 
 
+class _TrainHits:
+    """Each member's right answers on the rows it trained on in one epoch, from the steps' own outputs: counted
+    every FOLD_STEPS steps rather than in each step (a dozen small ops a step saved), holding at most that many
+    steps' outputs."""
+
+    def __init__(self, pool: _Pool, perm: torch.Tensor, members: int, n_classes: int) -> None:
+        self.pool, self.perm, self.members, self.n_classes = pool, perm, members, n_classes
+        self.correct = torch.zeros(members, dtype=torch.float64, device=perm.device)
+        self.counted = torch.zeros(members, dtype=torch.float64, device=perm.device)
+        self.outputs: list[torch.Tensor] = []  # [K, B, o] of the steps not counted yet
+        self.done = 0  # rows of perm counted so far
+
+    def add(self, out: torch.Tensor) -> None:
+        """The next step's outputs (its rows are the next ones of perm)."""
+        self.outputs.append(out)
+        if len(self.outputs) == FOLD_STEPS:
+            self._count()
+
+    @torch.no_grad()
+    def _count(self) -> None:
+        out = torch.cat(self.outputs, dim=1)
+        rows = self.perm[self.done:self.done + out.shape[1]]
+        trained = (self.pool.train_mask[:, rows] * self.pool.row_weight[rows]) > 0
+        right = M.predicted_classes(out.flatten(0, 1), self.n_classes).view(self.members, -1) == self.pool.Y[rows]
+        self.correct += (right * trained).sum(1)
+        self.counted += trained.sum(1)
+        self.outputs.clear()
+        self.done += out.shape[1]
+
+    def accuracy(self) -> torch.Tensor:
+        """[K] each member's accuracy on its training rows this epoch."""
+        if self.outputs:
+            self._count()
+        return self.correct / self.counted.clamp_min(1)
+
+
 def _snapshot_rng(dev: torch.device) -> dict[str, torch.Tensor]:
     states = {"cpu": torch.get_rng_state()}
     if dev.type == "cuda":
@@ -335,20 +377,19 @@ def _snapshot_rng(dev: torch.device) -> dict[str, torch.Tensor]:
 
 
 def train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str = "cpu", on_epoch: EpochHook | None = None,
-                   resume: EnsembleState | None = None, history: list[dict[str, Any]] | None = None) -> TrainResult:
-    """Train every member at once; keep each member's best epoch; select configs on held-out predictions."""
+                   resume: EnsembleState | None = None, history: list[dict[str, Any]] | None = None,
+                   on_step: StepHook | None = None) -> TrainResult:
+    """Train every member at once; keep each member's best epoch; select configs on held-out predictions. A long
+    epoch's steps are reported to `on_step`."""
     # Adam's second moments of quiet weights sink into denormal floats, which the CPU handles dozens of times
     # slower (measured: a third of a small job's time in one sqrt); flushing them to zero changes nothing else.
-    flush = torch.set_flush_denormal(True)
-    try:
-        return _train_ensemble(data, cfg, device, on_epoch, resume, history)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
+    with flushed_denormals():
+        return _train_ensemble(data, cfg, device, on_epoch, resume, history, on_step)
 
 
 def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch: EpochHook | None,
-                    resume: EnsembleState | None, history: list[dict[str, Any]] | None) -> TrainResult:
+                    resume: EnsembleState | None, history: list[dict[str, Any]] | None,
+                    on_step: StepHook | None) -> TrainResult:
     if data.task not in ("classification", "regression"):
         raise ValueError("the ensemble learns classification and regression targets")
     dev = torch.device(device)
@@ -398,14 +439,15 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
     n_classes = data.n_classes
     classify = data.task == "classification"
     net.train()
+    steps = math.ceil(len(pool.trainable) / cfg.batch_size)
     for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
+        clock = StepClock(on_step, epoch, steps)
         perm = pool.trainable[torch.randperm(len(pool.trainable), generator=gen, device=dev)]
         running = torch.zeros(k, dtype=torch.float64, device=dev)
         seen = torch.zeros(k, dtype=torch.float64, device=dev)
-        correct = torch.zeros(k, dtype=torch.float64, device=dev)
-        counted = torch.zeros(k, dtype=torch.float64, device=dev)
-        for start in range(0, len(perm), cfg.batch_size):
+        hits = _TrainHits(pool, perm, k, n_classes) if classify else None
+        for step, start in enumerate(range(0, len(perm), cfg.batch_size), 1):
             idx = perm[start:start + cfg.batch_size]
             out = net(pool.X[idx])
             mask = pool.train_mask[:, idx] * pool.row_weight[idx]
@@ -418,11 +460,9 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
             optimizer.step()
             running += per_member.detach() * denom
             seen += denom
-            if classify:
-                with torch.no_grad():
-                    hits = M.predicted_classes(out.detach().flatten(0, 1), n_classes).view(k, -1) == pool.Y[idx]
-                    correct += (hits * (mask > 0)).sum(1)
-                    counted += (mask > 0).sum(1)
+            if hits is not None:
+                hits.add(out.detach())
+            clock.tick(step, start + len(idx))
         net.eval()
         with torch.inference_mode():
             out = member_outputs(net, Xe)
@@ -454,9 +494,9 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
             figures = {"val_" + name: v for name, v in
                        task.metrics(current[covered], Ye[covered]).items()}
             figures["train_loss"] = train_loss[alive].mean()
-            if classify:
+            if hits is not None:
                 # each member on the rows it trained on, in training mode, as the epoch's steps saw them
-                figures["train_accuracy"] = (correct / counted.clamp_min(1))[alive].mean()
+                figures["train_accuracy"] = hits.accuracy()[alive].mean()
             row: dict[str, Any] = as_floats(figures)
         loss_now = row["val_loss"] if row["val_loss"] is not None else math.inf
         if loss_now < float(ensemble_best) * (1 - cfg.min_improvement):

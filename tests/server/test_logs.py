@@ -59,3 +59,37 @@ def test_a_request_id_that_could_forge_logs_or_markup_is_replaced(client, given)
 def test_a_well_formed_request_id_is_kept(client):
     assert client.get("/datasets", headers={"x-request-id": "batch-42.retry_1"}).headers["x-request-id"] == \
         "batch-42.retry_1"
+
+
+def _request_lines(stream) -> list[dict]:
+    return [r for r in lines(stream) if r["logger"] == "mlps.request"]
+
+
+def test_the_json_format_has_one_structured_line_per_request(client, json_log):
+    resp = client.get("/datasets", headers={"x-request-id": "req-1"})
+    (line,) = _request_lines(json_log)
+    assert line == {**line, "method": "GET", "path": "/datasets", "status": resp.status_code, "request_id": "req-1",
+                    "level": "INFO"}
+    assert line["duration_ms"] > 0
+
+
+def test_the_text_format_writes_request_lines_only_at_debug(client):
+    stream = io.StringIO()
+    handler = configure("text", stream)
+    try:
+        client.get("/datasets")
+        assert "mlps.request" not in stream.getvalue()
+        logging.getLogger("mlps.request").setLevel(logging.DEBUG)
+        client.get("/datasets")
+        (line,) = [t for t in stream.getvalue().splitlines() if "mlps.request" in t]
+        assert "DEBUG" in line and "GET /datasets 200" in line
+    finally:
+        logging.getLogger("mlps.request").setLevel(logging.NOTSET)
+        logging.getLogger().removeHandler(handler)
+
+
+def test_uvicorns_access_log_is_off_once_the_app_has_started(client):
+    access = logging.getLogger("uvicorn.access")
+    # as uvicorn's access_log=False leaves it (pytest's own capture handlers aside): no line is ever formatted
+    assert not access.propagate
+    assert [h for h in access.handlers if type(h).__name__ != "LogCaptureHandler"] == []

@@ -106,3 +106,63 @@ def test_cancel_a_running_job_stops_its_process(client, worker):
     metrics = client.get(f"/jobs/{job['id']}/metrics").json()["epochs"]
     assert 2 <= len(metrics) == final["progress"]["epoch"] < 100000  # it ran, and stopped early
     assert final["model_id"] is None
+
+
+def _long_epoch_csv(rows: int = 60_000) -> bytes:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(rows, 6)).round(3)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    lines = ["a,b,c,d,e,f,y", *(",".join([*map(str, x), str(t)]) for x, t in zip(X.tolist(), y, strict=True))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_a_long_epoch_shows_its_steps_while_it_runs(client, worker):
+    from service.server.api.events import read_snapshot
+    from service.server.auth import Principal
+    from tests.helpers import wait_for
+
+    ds = upload(client, "long.csv", _long_epoch_csv()).json()
+    job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "y", "model": {"type": "mlp"},
+                                     "training": {"epochs": 50, "batch_size": 4, "validation_fraction": 0.1,
+                                                  "early_stopping_patience": 0}}).json()
+    runner = threading.Thread(target=worker.run_once, kwargs={"timeout_s": 300})
+    runner.start()
+    admin = Principal(key_id="k", owner="admin", admin=True)
+
+    def steps_event():
+        snapshot = read_snapshot(client.app.state.sessions, job["id"], admin)
+        return snapshot.steps
+
+    event = wait_for(steps_event, timeout=120, interval=0.1, what="a steps event")
+    steps = event.data
+    assert event.kind == "steps" and steps["job_id"] == job["id"] and steps["epoch"] == 1
+    assert steps["steps"] == 54_000 // 4 and 0 < steps["step"] < steps["steps"]
+    assert steps["samples_per_second"] > 0 and steps["eta_s"] > 0
+    snapshot = read_snapshot(client.app.state.sessions, job["id"], admin)
+    status = next(e for e in snapshot.events if e.kind == "status")
+    assert status.data["progress"]["step"] is not None  # the job's view carries it too
+    client.post(f"/jobs/{job['id']}/cancel")
+    final = wait_for_job(client, job["id"])
+    runner.join(60)
+    assert final["status"] == "cancelled"
+    assert read_snapshot(client.app.state.sessions, job["id"], admin).steps is None
+
+
+def test_a_small_job_trains_on_one_thread_and_the_configured_count_wins(client, migrated):
+    from service.server.devices import discover
+    from service.server.worker import Worker
+
+    ds = upload(client, "iris.csv").json()
+    spec = {"dataset_id": ds["id"], "target": "species", "model": {"type": "mlp"}, "training": {"epochs": 3}}
+    for configured, expected in ((0, 1), (2, 2)):
+        w = Worker(migrated.model_copy(update={"torch_threads": configured}), discover("cpu"))
+        w.start()
+        try:
+            job = client.post("/jobs", json=spec).json()
+            assert w.run_once() == job["id"]
+        finally:
+            w.shutdown()
+        done = client.get(f"/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded" and done["result"]["threads"] == expected

@@ -293,3 +293,19 @@ def test_gradient_clipping_bounds_each_members_own_norm():
     after = norms()
     assert after[1] == pytest.approx(1.0, rel=1e-4) and before[1] > 10
     assert after[0] == pytest.approx(float(min(before[0], 1.0)), rel=1e-4)  # the other member is left alone
+
+
+def test_the_ensemble_reports_a_long_epochs_steps_without_changing_its_training(monkeypatch):
+    from service.training import loop
+
+    prepared, cfg = _train_small()
+    quiet = train_ensemble(prepared.data, cfg)
+    monkeypatch.setattr(loop, "STEP_REPORT_S", 0.0)
+    reports = []
+    loud = train_ensemble(prepared.data, cfg, on_step=reports.append)
+    steps = math.ceil((len(prepared.data.X_train) + len(prepared.data.X_val)) / cfg.batch_size)
+    assert [(r.epoch, r.step) for r in reports] == [(e, s) for e in range(1, len(loud.history) + 1)
+                                                    for s in range(1, steps + 1)]
+    assert all(r.steps == steps and r.samples_per_second > 0 for r in reports)
+    for a, b in zip(loud.net.state_dict().values(), quiet.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -1,10 +1,14 @@
+import math
+
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 import torch
 
+from service.training import loop
+from service.training import metrics as M
 from service.training.artifact import WEIGHTS, ModelMeta, load_model, save_model
-from service.training.loop import TrainConfig, TrainData, TrainingError, train
+from service.training.loop import TrainConfig, TrainData, TrainingError, make_optimizer, train
 from service.training.nets import NetSpec
 from service.training.pipeline import SplitSpec, predict_inputs, prepare
 from tests.helpers import dataset_path
@@ -195,3 +199,77 @@ def test_a_model_folder_written_before_ensembles_still_loads_and_predicts_the_sa
     assert loaded.model_type == "mlp" and loaded.format_version == 2
     X = prepared.data.X_val
     assert predict_inputs(net, loaded, X) == predict_inputs(result.net, meta, X)
+
+
+CHEAP_TRAIN_FIGURES = {"train_loss", "train_accuracy"}
+
+
+def test_train_figures_are_cheap_each_epoch_and_complete_at_the_end():
+    prepared = iris_prepared()
+    result = train(prepared.data, NetSpec(), TrainConfig(epochs=6, early_stopping_patience=0))
+    val = {f"val_{name}" for name in M.METRICS["classification"]}
+    full = {f"train_{name}" for name in M.METRICS["classification"]}
+    for row in result.history[:-1]:
+        assert {k for k in row if k.startswith("train_")} == CHEAP_TRAIN_FIGURES and val <= set(row)
+    last = result.history[-1]
+    assert full <= set(last) and val <= set(last)
+    assert 0.5 < last["train_auroc"] <= 1.0 and 0 < last["train_f1_macro"] <= 1.0
+
+
+def test_the_epoch_early_stopping_ends_on_has_every_train_figure():
+    prepared = iris_prepared()
+    result = train(prepared.data, NetSpec(), TrainConfig(epochs=400, learning_rate=0.01, early_stopping_patience=3))
+    assert result.stopped_at == len(result.history) < 400
+    assert "train_auroc" in result.history[-1] and "train_auroc" not in result.history[-2]
+
+
+def test_regression_keeps_every_train_figure_each_epoch():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5], dtype=np.float32)).astype(np.float32)
+    data = TrainData(task="regression", X_train=X, y_train=y, X_val=X[:16], y_val=y[:16])
+    result = train(data, NetSpec(hidden_layers=(8,)), TrainConfig(epochs=3, early_stopping_patience=0))
+    for row in result.history:
+        assert {f"train_{name}" for name in M.METRICS["regression"]} <= set(row)
+
+
+def test_sgd_steps_with_the_fused_kernel():
+    net = torch.nn.Linear(3, 2)
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd"), net.parameters(), torch.device("cpu"))
+    assert optimizer.defaults["fused"] is True
+
+
+def test_training_flushes_denormals_and_restores_them_after():
+    tiny = torch.tensor([1e-30])
+    seen = []
+
+    def probe(report):
+        seen.append((tiny * 1e-10).item())  # 1e-40 is a denormal float32
+        return None
+
+    train(xor_data(), NetSpec(hidden_layers=(4,)), TrainConfig(epochs=2, batch_size=4), on_epoch=probe)
+    assert seen == [0.0, 0.0]
+    assert (tiny * 1e-10).item() > 0
+
+
+def test_a_long_epoch_reports_its_steps(monkeypatch):
+    monkeypatch.setattr(loop, "STEP_REPORT_S", 0.0)  # every step of every epoch, here
+    prepared = iris_prepared()
+    reports = []
+    config = TrainConfig(epochs=2, batch_size=32, early_stopping_patience=0)
+    result = train(prepared.data, NetSpec(), config, on_step=reports.append)
+    steps = math.ceil(len(prepared.data.X_train) / 32)
+    assert [(r.epoch, r.step) for r in reports] == [(e, s) for e in (1, 2) for s in range(1, steps + 1)]
+    assert all(r.steps == steps and r.samples_per_second > 0 for r in reports)
+    assert [r.eta_s for r in reports if r.step == steps] == [0.0, 0.0]
+    assert all(a.eta_s > b.eta_s for a, b in zip(reports, reports[1:], strict=False) if b.step > a.step)
+    # reporting changes nothing in training
+    quiet = train(prepared.data, NetSpec(), config)
+    for a, b in zip(result.net.state_dict().values(), quiet.net.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_short_epoch_reports_no_steps():
+    reports = []
+    train(iris_prepared().data, NetSpec(), TrainConfig(epochs=2), on_step=reports.append)
+    assert reports == []

@@ -1,5 +1,5 @@
 """The live progress line of `mlps jobs wait` and `mlps jobs submit --wait`: epoch k/n, losses, the main metric and
-the time left, fitted to the terminal's width."""
+the time left (inside a long epoch also its steps, rate and time left), fitted to the terminal's width."""
 
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -78,12 +78,26 @@ class ProgressView:
                 # Early stopping ends before the upper bound: the bar ends full at the last epoch run.
                 self.progress.update(self.task, total=data["progress"]["epoch"], completed=data["progress"]["epoch"])
             return
+        if event.kind == "steps":
+            # inside a long epoch: the bar stays at the epochs finished; the status says where the epoch stands
+            self.progress.update(self.task, total=data["epochs"], completed=data["epoch"] - 1,
+                                 status=steps_line(data))
+            return
         metrics = data["metrics"]
         loss = f"loss {number(metrics.get('train_loss'))} / val {number(metrics.get('val_loss'))}"
         metric = next((f"{key} {number(metrics[key])}" for key in ("val_accuracy", "val_r2")
                        if isinstance(metrics.get(key), (int, float))), "")
         self.progress.update(self.task, total=data["epochs"], completed=data["epoch"], loss=loss, metric=metric,
                              status="running")
+
+
+def steps_line(data: dict[str, Any]) -> str:
+    """'epoch 3 step 1,200/2,540, 41,000 rows/s, 33 s left in it' from a `steps` event."""
+    rate = data.get("samples_per_second")
+    eta = data.get("eta_s")
+    return (f"epoch {data['epoch']} step {data['step']:,}/{data['steps']:,}"
+            + (f", {rate:,.0f} rows/s" if rate is not None else "")
+            + (f", {eta:,.0f} s left in it" if eta is not None else ""))
 
 
 def job_progress(console: Console, job_id: str) -> tuple[FittedProgress, ProgressView]:

@@ -7,6 +7,10 @@ Event ids are "cycle.epoch.phase", compared as integer triples, so they grow mon
 - epoch k of attempt a:                    (a, k, 2)
 - final status (succeeded/failed/cancelled): (a+1, 0, 3)
 
+A long epoch also sends `steps` events (data: job_id, epoch in progress, epochs, step, steps, samples_per_second,
+eta_s) every few seconds. They carry no id: they are a view of the moment, not part of the history a client
+resumes from.
+
 where a is the job's `attempts`. An id is a pure function of the job's row and its epoch rows, so a client that
 re-connects with `Last-Event-ID` gets exactly the events after that one: none lost, none repeated.
 
@@ -28,6 +32,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.schemas import Progress
 from service.server import jobs
 from service.server.api.deps import PrincipalDep
 from service.server.auth import Principal
@@ -84,6 +89,7 @@ class Snapshot:
 
     status: str
     events: list[JobEvent]
+    steps: JobEvent | None = None  # where the epoch in progress stands, when it is long
 
 
 def read_snapshot(sessions: sessionmaker[Session], job_id: str, principal: Principal, epoch_floor: int = 0) -> Snapshot:
@@ -91,6 +97,8 @@ def read_snapshot(sessions: sessionmaker[Session], job_id: str, principal: Princ
     with sessions() as session, session.begin():
         job = jobs.get(session=session, job_id=job_id, principal=principal)
         view = jobs.to_read(job).model_dump(mode="json")
+        progress = Progress.of(job.epoch, job.epochs, job.step_progress)
+        view["progress"] = progress.model_dump(mode="json")
         attempt = job.attempts
         status = str(job.status)
         status_event = JobEvent(
@@ -112,7 +120,11 @@ def read_snapshot(sessions: sessionmaker[Session], job_id: str, principal: Princ
                                      data={"job_id": job.id, "epoch": epoch, "epochs": job.epochs, "metrics": metrics})
                             for epoch, metrics in rows]
         if status == JobStatus.RUNNING:
-            return Snapshot(status=status, events=[status_event, *epoch_events])
+            steps = None
+            if progress.step is not None:
+                steps = JobEvent(id=EventId(attempt, job.epoch + 1, PHASE_EPOCH), kind="steps",
+                                 data={"job_id": job.id, **view["progress"], "epoch": job.epoch + 1})
+            return Snapshot(status=status, events=[status_event, *epoch_events], steps=steps)
         return Snapshot(status=status, events=[*epoch_events, status_event])
 
 
@@ -126,6 +138,7 @@ async def job_event_stream(request: Request, job_id: str, after: EventId | None,
     last_sent = after
     epoch_floor = after.epoch if after is not None and after.phase == PHASE_EPOCH else 0
     seen_status: str | None = None
+    last_steps: dict[str, Any] | None = None
     last_write = time.monotonic()
     while True:
         snapshot = await run_in_threadpool(read_snapshot, sessions, job_id, principal, epoch_floor)
@@ -141,6 +154,10 @@ async def job_event_stream(request: Request, job_id: str, after: EventId | None,
                 # without an id, so that the ids already sent stay the resume point.
                 yield event.encode(with_id=False)
                 last_write = time.monotonic()
+        if snapshot.steps is not None and snapshot.steps.data != last_steps:
+            yield snapshot.steps.encode(with_id=False)
+            last_steps = snapshot.steps.data
+            last_write = time.monotonic()
         seen_status = snapshot.status
         if snapshot.status in FINAL:
             return
@@ -157,7 +174,9 @@ async def job_event_stream(request: Request, job_id: str, after: EventId | None,
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "Events `status` (data: the job) and `epoch` (data: job_id, epoch, epochs, "
-                                    "metrics), each with an id; ends after the final status"},
+                                    "metrics), each with an id; in a long epoch, `steps` (data: job_id, "
+                                    "epoch, epochs, step, steps, samples_per_second, eta_s) without one; "
+                                    "ends after the final status"},
                **problem_responses(404, 422)})
 async def job_events(request: Request, job_id: str, principal: PrincipalDep,
                      last_event_id: str | None = Header(default=None, alias="Last-Event-ID",

@@ -1,4 +1,5 @@
-"""GET /metrics (Prometheus) and the middleware that times predictions.
+"""GET /metrics (Prometheus) and the one ASGI middleware every request passes: request id, body limit, prediction
+timing and the per-request log line.
 
 Each app has its own CollectorRegistry (app.state.metrics_registry), so any number of apps can live in one
 process. Job, queue, worker and epoch figures are read from the database at scrape time, so every API replica
@@ -7,6 +8,7 @@ reports the same numbers and nothing is lost on restart; prediction latency is m
 
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import TypedDict
@@ -19,13 +21,16 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.server.api.deps import require_admin
 from service.server.config import Settings
 from service.server.db import utcnow
-from service.server.errors import problem_responses
+from service.server.errors import REQUEST_ID, problem, problem_responses
 from service.server.fleet import liveness_window_s
+from service.server.logs import REQUEST_LOG, request_id_var, request_log_level
 from service.server.tables import TERMINAL_STATUSES, Dataset, EpochMetric, Job, JobStatus, Model
 from service.server.tables import Worker as WorkerRow
 
@@ -127,52 +132,105 @@ def predict_endpoint(path: str) -> str | None:
     return None
 
 
-class PredictLatencyMiddleware:
-    """Observe each POST to /predict or /models/{id}/predict, from request to the last byte of the answer.
+class RequestLayer:
+    """The one ASGI middleware of the app (each layer costs every request a coroutine and a send wrapper):
 
-    It also holds back the answer's closing message until the endpoint has returned: a streamed answer that fails
-    part-way then ends with a broken connection, which a client notices, rather than with a clean end that an
-    inner middleware would otherwise send.
+    - the request's id: the client's x-request-id when it matches REQUEST_ID, else a new one, for logs, error
+      bodies and the x-request-id response header;
+    - the body limit: a request body other than a multipart upload (those stream under max_upload_bytes) larger
+      than `max_bytes` gets 413, from its Content-Length before it is read, else as soon as it passes;
+    - prediction timing: each POST to /predict or /models/{id}/predict is observed from request to the last byte
+      of the answer, whose closing message is held back until the endpoint has returned (a streamed answer that
+      fails part-way then ends with a broken connection, which a client notices, not with a clean end);
+    - one log line per request (method, path, status, milliseconds), written only where logs.request_log_level
+      says (JSON logs, or text logs at debug): no formatting at all otherwise.
     """
 
-    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, histogram: Histogram) -> None:
         self.app = app
+        self.max_bytes = max_bytes
         self.histogram = histogram
+        self.too_large = f"request bodies are limited to {max_bytes:,} bytes; send fewer records per request"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = predict_endpoint(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if endpoint is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        headers = scope["headers"]
+        given = next((v for k, v in headers if k == b"x-request-id"), b"")
+        rid = given.decode("ascii") if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = rid
+        request_id_var.set(rid)
+        raw_id = rid.encode("latin-1")
+        endpoint = predict_endpoint(scope["path"]) if scope["method"] == "POST" else None
         status = 500
         closing: Message | None = None
 
-        async def held_send(message: Message) -> None:
+        async def reply(message: Message) -> None:
             nonlocal status, closing
             if message["type"] == "http.response.start":
                 status = message["status"]
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+            elif endpoint is not None and message["type"] == "http.response.body" \
+                    and not message.get("more_body", False):
                 closing = message
                 return
             await send(message)
 
         try:
-            await self.app(scope, receive, held_send)
+            inner = self._limited(scope, receive)
+            if inner is None:
+                response = problem(413, "payload-too-large", "Payload too large", self.too_large,
+                                   StarletteRequest(scope), [{"field": "body", "message": self.too_large}])
+                await response(scope, receive, reply)
+            else:
+                await self.app(scope, inner, reply)
             if closing is not None:
                 await send(closing)
         finally:
-            self.histogram.labels(endpoint=endpoint, status=str(status)).observe(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            if endpoint is not None:
+                self.histogram.labels(endpoint=endpoint, status=str(status)).observe(seconds)
+            level = request_log_level()
+            if level is not None:
+                REQUEST_LOG.log(level, "%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1e3,
+                                extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                       "duration_ms": round(seconds * 1e3, 2)})
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive | None:
+        """`receive`, counting the body against the limit; None when Content-Length already exceeds it."""
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        if content_type[:10].lower() == b"multipart/":
+            return receive
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return None
+        seen = 0
+        limit, message = self.max_bytes, self.too_large
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    # An HTTPException passes through FastAPI's body parsing as it is (others become 400).
+                    raise HTTPException(413, detail=message)
+            return msg
+
+        return counted
 
 
-def install(app: FastAPI) -> None:
-    """Give the app its own metrics registry (database collector + predict latency) and the timing middleware."""
+def install(app: FastAPI, max_body_bytes: int) -> None:
+    """Give the app its own metrics registry (database collector + predict latency) and its one middleware
+    (RequestLayer), outermost."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(app.state.sessions, app.state.settings))
     latency = Histogram("mlps_predict_latency_seconds", "Prediction request latency, to the last byte of the answer",
                         labelnames=["endpoint", "status"], buckets=PREDICT_LATENCY_BUCKETS, registry=registry)
     app.state.metrics_registry = registry
-    app.add_middleware(PredictLatencyMiddleware, histogram=latency)
+    app.add_middleware(RequestLayer, max_bytes=max_body_bytes, histogram=latency)
 
 
 @router.get("/metrics", summary="Prometheus metrics: jobs by status, queue depth, workers, durations, latency "

@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.server.api import create_app
-from service.server.api.ops import PredictLatencyMiddleware, predict_endpoint
+from service.server.api.ops import RequestLayer, predict_endpoint
 from tests.helpers import bearer, make_key, upload
 
 
@@ -69,8 +69,8 @@ def _run(app, path: str = "/predict") -> tuple[list[dict], Exception | None]:
 
     async def main() -> Exception | None:
         try:
-            await PredictLatencyMiddleware(app, histogram)({"type": "http", "method": "POST", "path": path},
-                                                           receive, send)
+            await RequestLayer(app, 1 << 20, histogram)({"type": "http", "method": "POST", "path": path,
+                                                          "headers": []}, receive, send)
         except RuntimeError as exc:
             return exc
         return None
@@ -96,3 +96,13 @@ def test_a_stream_that_fails_part_way_is_not_closed_cleanly():
     assert [m.get("more_body") for m in broken if m["type"] == "http.response.body"] == [True]
     whole, error = _run(fine)
     assert error is None and whole[-1] == {"type": "http.response.body", "body": b"ok", "more_body": False}
+
+
+def test_every_request_passes_one_middleware(client):
+    assert [m.cls for m in client.app.user_middleware] == [RequestLayer]
+    resp = client.get("/datasets", headers={"x-request-id": "one-layer"})
+    assert resp.headers["x-request-id"] == "one-layer"
+    too_big = client.post("/predict", content=b"{" + b" " * (client.app.state.settings.max_json_bytes + 1) + b"}",
+                          headers={"content-type": "application/json", "x-request-id": "too-big"})
+    assert too_big.status_code == 413 and too_big.headers["x-request-id"] == "too-big"
+    assert too_big.json()["errors"][0]["field"] == "body"

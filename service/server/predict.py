@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from torch import nn
 
+from service.server import registry
 from service.server.auth import Principal, can_see, visible
 from service.server.errors import Gone, InvalidInput, NotFound
 from service.server.storage import Storage
@@ -158,9 +160,15 @@ def package(storage: Storage, model: Model) -> Iterator[bytes]:
 
 def delete(*, session: Session, cache: ModelCache, model: Model) -> None:
     """Delete a model: its row now, its files and cache entry once the transaction commits (other API
-    processes stop serving it within REVALIDATE_S)."""
+    processes stop serving it within REVALIDATE_S). Conflict while a registry alias points at it."""
+    registry.refuse_if_aliased(session=session, model_id=model.id)
     session.delete(model)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # an alias moved onto it since the check: the database refused
+        session.rollback()
+        registry.refuse_if_aliased(session=session, model_id=model.id)
+        raise
     model_id = model.id
 
     def remove() -> None:

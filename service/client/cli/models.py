@@ -1,4 +1,5 @@
-"""`mlps models`: list, show and download trained models."""
+"""`mlps models`: list, show, download and delete trained models; register them under names, move aliases, list a
+name's versions."""
 
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,13 +25,18 @@ from service.client.cli.common import (
     size,
     when,
 )
-from service.client.http import Model, Page
+from service.client.http import Alias, AliasMove, Model, ModelVersion, Page
 
-app = typer.Typer(help="List and show trained models.", no_args_is_help=True)
+app = typer.Typer(help="List and show trained models; names, versions and aliases in the registry.",
+                  no_args_is_help=True)
 
 LIST_COLUMNS = (Col("id"), Col("type", drop=3), Col("task", drop=5), Col("target", drop=2, wrap=True),
                 Col("metric", drop=1), Col("job", drop=4), Col("created", drop=6))
 FEATURE_COLUMNS = (Col("name", wrap=True), Col("kind"), Col("detail", wrap=True))
+VERSION_COLUMNS = (Col("version", justify="right"), Col("model"), Col("aliases", wrap=True),
+                   Col("registered by", drop=2, wrap=True), Col("registered", drop=1))
+MOVE_COLUMNS = (Col("moved"), Col("from", justify="right"), Col("to", justify="right"), Col("model", drop=2),
+                Col("by", drop=1, wrap=True))
 
 
 def _list_table(out: Console, page: Page[Model]) -> RenderableType:
@@ -93,3 +99,73 @@ def models_delete(model_id: str, url: UrlOpt = None) -> None:
     with connect(url) as client:
         client.delete_model(model_id)
     console().print(f"deleted {model_id}")
+
+
+@app.command("register")
+def models_register(name: Annotated[str, typer.Argument(help="The name: letters, digits and ._-")],
+                    model_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Register a model under a name as its next version (the name is created on first use)."""
+    with connect(url) as client:
+        version = client.register_model(name, model_id)
+    emit(version, as_json, lambda out: f"registered {version['model_id']} as {escape(version['name'])} version "
+                                       f"{version['version']} ({escape(version['name'])}:{version['version']})")
+
+
+def _moved(alias: Alias) -> str:
+    before = f"version {alias['previous_version']} -> " if alias["previous_version"] is not None else "new, "
+    return (f"{escape(alias['name'])}@{escape(alias['alias'])}: {before}version {alias['version']} "
+            f"(model {alias['model_id']})")
+
+
+def _history_view(out: Console, alias: Alias, moves: Page[AliasMove]) -> RenderableType:
+    rows = [[when(m["moved_at"]), "-" if m["from_version"] is None else str(m["from_version"]),
+             "removed" if m["to_version"] is None else str(m["to_version"]), m["model_id"] or "-",
+             escape(m["moved_by"])] for m in moves["items"]]
+    return Group(f"{_moved(alias)}, moved by {escape(alias['moved_by'])} at {when(alias['moved_at'])}",
+                 fitted(out, MOVE_COLUMNS, rows, caption=f"{len(rows)} of {moves['total']} moves",
+                        box=box.SIMPLE_HEAD))
+
+
+@app.command("alias")
+def models_alias(
+    name: str,
+    alias: Annotated[str, typer.Argument(help="The alias, e.g. production or staging")],
+    version: Annotated[int | None, typer.Argument(min=1, help="Point the alias at this version; without it, show "
+                                                               "the alias and its moves")] = None,
+    expect: Annotated[int | None, typer.Option("--expect", min=0, help="Move only if the alias points at this "
+                                                                        "version now (0: only if it does not "
+                                                                        "exist yet)")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the alias (its versions stay)")] = False,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move an alias to a version atomically, remove it, or show it with who moved it when."""
+    if remove and version is not None:
+        raise typer.BadParameter("give a VERSION to move the alias, or --remove, not both")
+    with connect(url) as client:
+        if remove:
+            client.remove_alias(name, alias)
+            console().print(f"removed {escape(name)}@{escape(alias)}")
+            return
+        if version is not None:
+            moved = client.move_alias(name, alias, version, expected_version=expect)
+            emit(moved, as_json, lambda out: _moved(moved))
+            return
+        shown, moves = client.alias(name, alias), client.alias_history(name, alias)
+    emit({**shown, "history": moves["items"]}, as_json, lambda out: _history_view(out, shown, moves))
+
+
+def _versions_table(out: Console, name: str, page: Page[ModelVersion]) -> RenderableType:
+    rows = [[str(v["version"]), v["model_id"], escape(", ".join(v["aliases"]) or "-"), escape(v["registered_by"]),
+             when(v["registered_at"], short=True)] for v in page["items"]]
+    return fitted(out, VERSION_COLUMNS, rows, caption=f"{len(rows)} of {page['total']} versions of {escape(name)}",
+                  box=box.SIMPLE_HEAD)
+
+
+@app.command("versions")
+def models_versions(name: str, limit: LimitOpt = 50, offset: OffsetOpt = 0, url: UrlOpt = None,
+                    as_json: JsonOpt = False) -> None:
+    """List a registered name's versions, newest first, with the aliases that point at each."""
+    with connect(url) as client:
+        page = client.model_versions(name, limit=limit, offset=offset)
+    emit(page, as_json, lambda out: _versions_table(out, name, page))

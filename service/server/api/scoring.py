@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from service.server import predict
+from service.server import predict, registry
 from service.server.api.deps import PrincipalDep
 from service.server.errors import problem_responses
 from service.server.scoring import prepare_scoring
@@ -45,8 +45,9 @@ async def score_file(model_id: str, request: Request, principal: PrincipalDep,
     state = request.app.state
 
     def lookup() -> Model:
-        with state.sessions() as session:
-            return predict.get(session=session, model_id=model_id, principal=principal)
+        with state.sessions() as session:  # the path names a model id, or 'name@alias' / 'name:3'
+            resolved = registry.resolve_model_id(session, principal, model_id, field="model_id")
+            return predict.get(session=session, model_id=resolved, principal=principal)
 
     model = await run_in_threadpool(lookup)
     state.storage.ensure()

@@ -1,14 +1,14 @@
 """/models and /predict"""
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from service.schemas import EmbedRequest, EmbedResponse, ModelRead, Page, PredictRequest, PredictResponse
-from service.server import predict
+from service.server import inference, predict, registry
 from service.server.api.deps import (
     LimitDep,
     ModelCacheDep,
@@ -53,8 +53,23 @@ async def download_model(model: ModelDep, storage: StorageDep) -> StreamingRespo
                              headers={"Content-Disposition": f'attachment; filename="{model.id}.zip"'})
 
 
-@router.delete("/models/{model_id}", status_code=204, responses=problem_responses(404, 422),
-               summary="Delete a model: its record, files and cached copies (the job that trained it stays)")
+@router.get("/models/{model_id}/export", response_class=Response,
+            summary="The model as one self-contained ONNX graph: raw feature columns in, probabilities or values out",
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "An .onnx file: one input per feature column (float64, or a string for a "
+                                            "categorical column), preprocessing inside the graph; outputs "
+                                            "'predictions' and, for a classifier, 'probabilities'"},
+                       **problem_responses(404, 410, 422)})
+async def export_model(model: ModelDep, cache: ModelCacheDep,
+                       format: Annotated[Literal["onnx"], Query(description="The file format")] = "onnx") -> Response:
+    body = await run_in_threadpool(lambda: inference.export(cache=cache, model=model))
+    return Response(body, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{model.id}.onnx"'})
+
+
+@router.delete("/models/{model_id}", status_code=204, responses=problem_responses(404, 409, 422),
+               summary="Delete a model: its record, files and cached copies (the job that trained it stays); 409 "
+                       "while a registry alias points at it")
 def delete_model(model: ModelRowDep, session: SessionDep, cache: ModelCacheDep) -> Response:
     predict.delete(session=session, cache=cache, model=model)
     return Response(status_code=204)
@@ -66,12 +81,16 @@ async def predict_records(body: PredictRequest, request: Request, principal: Pri
                           settings: SettingsDep) -> dict[str, Any]:
     # The latency-critical path: one thread-pool call, and the database only for a model not seen before
     # (models never change owner, and are never deleted).
+    # A registry reference ('name@alias', 'name:3') is resolved on every request: aliases move.
     def run() -> dict[str, Any]:
-        owner = cache.owner(body.model_id)
-        if owner is None or not can_see(principal, owner):
+        ref, field = registry.reference(model_id=body.model_id, model=body.model)
+        model_id = ref if registry.parse_reference(ref, field=field) is None else None
+        owner = cache.owner(model_id) if model_id is not None else None
+        if model_id is None or owner is None or not can_see(principal, owner):
             with request.app.state.sessions() as session:
-                cache.remember_owner(predict.get(session=session, model_id=body.model_id, principal=principal))
-        return predict.predict(cache=cache, model_id=body.model_id, records=body.records, inputs=body.inputs,
+                model_id = registry.resolve_model_id(session, principal, ref, field=field)
+                cache.remember_owner(predict.get(session=session, model_id=model_id, principal=principal))
+        return predict.predict(cache=cache, model_id=model_id, records=body.records, inputs=body.inputs,
                                max_records=settings.max_predict_records, uncertainty=body.uncertainty)
 
     return await run_in_threadpool(run)

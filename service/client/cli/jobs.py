@@ -27,10 +27,11 @@ from service.client.cli.common import (
     natural_width,
     number,
     styled_status,
+    warning_lines,
     when,
 )
 from service.client.cli.progress import job_progress
-from service.client.http import Client, Job, JobMetrics, Page
+from service.client.http import Client, Job, JobComparison, JobMetrics, Page
 
 app = typer.Typer(help="Submit training jobs, follow them, read their metrics and plot them.", no_args_is_help=True)
 
@@ -39,8 +40,10 @@ MAIN_EPOCH_METRICS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy"
 # Which of the main metrics go first when the terminal is too narrow (higher first).
 METRIC_DROP = {"val_loss": 1, "val_accuracy": 1, "val_r2": 1, "train_loss": 2, "val_rmse": 2, "train_accuracy": 3,
                "train_r2": 3, "train_rmse": 3, "lr": 4, "seconds": 5}
+# The figures `mlps jobs compare` shows side by side (--json has every one).
+COMPARED_METRICS = ("val_loss", "val_accuracy", "val_auroc", "val_rmse", "val_r2")
 LIST_COLUMNS = (Col("id"), Col("status"), Col("task", drop=4), Col("epoch", drop=1), Col("metric", drop=3),
-                Col("model", drop=2), Col("created", drop=5))
+                Col("model", drop=2), Col("tags", drop=3, wrap=True), Col("created", drop=5))
 
 
 # ---------------------------------------------------------------- job specs from the command line
@@ -160,6 +163,7 @@ def jobs_submit(
         elif not as_json:
             console().print(f"submitted [bold]{job['id']}[/] ({job['task']}, {job['progress']['epochs']} epochs at "
                             f"most): {styled_status(job['status'])}")
+            console().print(warning_lines(job.get("warnings")))
         if wait:
             job = follow(client, job["id"], timeout=timeout)
     emit(job, as_json, lambda out: summary(job) if wait and not quiet else None)
@@ -171,7 +175,8 @@ def _list_table(out: Console, page: Page[Job]) -> RenderableType:
     rows = [[job["id"], styled_status(job["status"]), job["task"],
              f"{job['progress']['epoch']}/{job['progress']['epochs']}",
              headline(job.get("metrics") or job["latest_metrics"], short=True), job["model_id"] or "-",
-             when(job["created_at"], short=True)] for job in page["items"]]
+             escape(" ".join(job.get("tags") or [])) or "-", when(job["created_at"], short=True)]
+            for job in page["items"]]
     return fitted(out, LIST_COLUMNS, rows, caption=f"{len(page['items'])} of {page['total']} jobs",
                   box=box.SIMPLE_HEAD)
 
@@ -179,11 +184,61 @@ def _list_table(out: Console, page: Page[Job]) -> RenderableType:
 @app.command("list")
 def jobs_list(status: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, cancelled")] = None,
               dataset: Annotated[str | None, typer.Option("--dataset", help="Only jobs on this data set")] = None,
+              tag: Annotated[str | None, typer.Option("--tag", help="Only jobs carrying this tag")] = None,
+              name: Annotated[str | None, typer.Option("--name", help="Only jobs with this name")] = None,
+              search: Annotated[str | None, typer.Option("--search", help="Only the trials of this search")] = None,
               limit: LimitOpt = 50, offset: OffsetOpt = 0, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List jobs, newest first."""
     with connect(url) as client:
-        page = client.jobs(status=status, limit=limit, offset=offset, dataset_id=dataset)
+        page = client.jobs(status=status, limit=limit, offset=offset, dataset_id=dataset, tag=tag, name=name,
+                           search_id=search)
     emit(page, as_json, lambda out: _list_table(out, page))
+
+
+@app.command("label")
+def jobs_label(job_id: str,
+               name: Annotated[str | None, typer.Option("--name", help="A name for the job")] = None,
+               tags: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat; replaces all)")] = None,
+               notes: Annotated[str | None, typer.Option("--notes", help="Free text")] = None,
+               url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Name, tag or annotate a job."""
+    labels: dict[str, Any] = {k: v for k, v in (("name", name), ("tags", tags), ("notes", notes)) if v is not None}
+    if not labels:
+        raise typer.BadParameter("give --name, --tag or --notes")
+    with connect(url) as client:
+        job = client.update_job(job_id, **labels)
+    emit(job, as_json, lambda out: key_values(_job_rows(job)))
+
+
+def _compare_view(out: Console, answer: JobComparison) -> RenderableType:
+    ids = [j["id"] for j in answer["jobs"]]
+    present = {k for j in answer["jobs"] for k, v in (j["metrics"] or {}).items() if isinstance(v, (int, float))}
+    figures = [f for f in COMPARED_METRICS if f in present]
+    table = Table(box=box.SIMPLE_HEAD, title="final metrics")
+    for column in ("job", "name", "epochs", *figures):
+        table.add_column(column, justify="right" if column in ("epochs", *figures) else "left", no_wrap=True)
+    for j in answer["jobs"]:
+        # a job that did not succeed shows its latest epoch's figures, and says so
+        name = escape(j["name"] or "-") + ("" if j["status"] == "succeeded" else f" ({styled_status(j['status'])})")
+        table.add_row(j["id"], name, str(j["epochs_run"]), *(number((j["metrics"] or {}).get(f)) for f in figures))
+    diffs = Table(box=box.SIMPLE_HEAD, title="spec differences")
+    diffs.add_column("field", no_wrap=True)
+    for job_id in ids:
+        diffs.add_column(job_id, no_wrap=True)
+    for difference in answer["differences"]:
+        if difference["field"] in ("dataset_id",):
+            continue
+        diffs.add_row(difference["field"], *(escape(json.dumps(difference["values"].get(i))) for i in ids))
+    return Group(table, diffs if answer["differences"] else "[dim]the specs are the same[/]")
+
+
+@app.command("compare")
+def jobs_compare(job_ids: Annotated[list[str], typer.Argument(help="Two to twenty job ids")],
+                 url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Jobs side by side: final metrics and the spec fields that differ (--json adds the aligned histories)."""
+    with connect(url) as client:
+        answer = client.compare(job_ids)
+    emit(answer, as_json, lambda out: _compare_view(out, answer))
 
 
 def _job_rows(job: Job) -> list[tuple[str, Any]]:

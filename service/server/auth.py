@@ -27,6 +27,8 @@ from service.server.tables import ADMIN_OWNER, ApiKey, Dataset, Job, Model
 
 KEY_PREFIX = "mlps_"
 ADMIN_KEY_FILE = "admin.key"
+# The web page's sign-in keeps the key in this cookie (HttpOnly, SameSite=Strict), an alternative to the header.
+SESSION_COOKIE = "mlps_session"
 # last_used_at is written at most this often per key, so that reads do not turn into writes.
 LAST_USED_EVERY = timedelta(minutes=1)
 
@@ -137,6 +139,14 @@ def bearer_digest(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) or len(key) > 128:
         raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
     return hash_key(key)
+
+
+def request_digest(authorization: str | None, session_cookie: str | None) -> str:
+    """The SHA-256 of the caller's key: from the Authorization header, else from the web page's session cookie (the
+    same key, kept by the browser in an HttpOnly cookie); Unauthorized when neither holds one."""
+    if authorization is None and session_cookie:
+        return bearer_digest(f"Bearer {session_cookie}")
+    return bearer_digest(authorization)
 
 
 def authenticate(session: Session, digest: str) -> Principal:

@@ -66,14 +66,31 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `mlps keys creat
 
 async def get_principal(request: Request,
                         _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    """The caller's key (401 without a valid one), rate-limited per key (429 with Retry-After)."""
-    digest = auth.bearer_digest(request.headers.get("authorization"))
+    """The caller's key (401 without a valid one), rate-limited per key (429 with Retry-After). The key comes from
+    the Authorization header or, for the web page, from its session cookie."""
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    if request.headers.get("authorization") is None and cookie and request.method not in ("GET", "HEAD", "OPTIONS"):
+        _same_origin_only(request)
+    digest = auth.request_digest(request.headers.get("authorization"), cookie)
     principals: auth.PrincipalCache = request.app.state.principals
     principal = principals.cached(digest)
     if principal is None:
         principal = await run_in_threadpool(principals.load, digest)
     request.app.state.rate_limiter.check(principal.key_id)
     return principal
+
+
+def _same_origin_only(request: Request) -> None:
+    """A change made with the web page's cookie must come from the page itself: SameSite=Strict still sends the
+    cookie from another port of the same host, so a browser's Sec-Fetch-Site (or Origin) must say same-origin."""
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if site == "same-origin" or (site is None and origin == own):
+        return
+    raise Forbidden("a request that changes something with the web page's session cookie must come from the page "
+                    "itself; scripts send the key in an Authorization: Bearer header",
+                    errors=[{"field": "cookie", "message": "cross-origin request refused"}])
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

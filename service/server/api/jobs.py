@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Query, Response
 
-from service.schemas import EpochMetricsRead, JobCreate, JobMetrics, JobRead, Page
+from service.schemas import EpochMetricsRead, JobComparison, JobCreate, JobMetrics, JobRead, LabelsUpdate, Page, Tag
 from service.server import jobs, queue
 from service.server.api.deps import JobDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep
 from service.server.errors import problem_responses
@@ -23,16 +23,32 @@ def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, se
 @router.get("", response_model=Page[JobRead], responses=problem_responses(422), summary="List jobs, newest first")
 def list_jobs(session: SessionDep, principal: PrincipalDep, status: JobStatus | None = Query(default=None),
               dataset_id: str | None = Query(default=None, max_length=64),
+              tag: Tag | None = Query(default=None, description="Jobs carrying this tag"),
+              name: str | None = Query(default=None, max_length=255, description="Jobs with this name"),
+              search_id: str | None = Query(default=None, max_length=64, description="The trials of this search"),
               limit: LimitDep = 50, offset: OffsetDep = 0) -> Page[JobRead]:
     items, total = jobs.list_(session=session, principal=principal, status=status, dataset_id=dataset_id,
-                              limit=limit, offset=offset)
+                              limit=limit, offset=offset, tag=tag, name=name, search_id=search_id)
     return Page[JobRead](items=[jobs.to_read(j) for j in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/compare", response_model=JobComparison, responses=problem_responses(404, 422),
+            summary="Jobs side by side: aligned metric histories, final metrics, spec differences")
+def compare_jobs(session: SessionDep, principal: PrincipalDep,
+                 ids: str = Query(max_length=2000, description="Comma-separated job ids (2 to 20)")) -> JobComparison:
+    return jobs.compare(session=session, principal=principal, ids=[i.strip() for i in ids.split(",") if i.strip()])
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=problem_responses(404, 422),
             summary="Status, progress and latest metrics of a job")
 def show_job(job: JobDep) -> JobRead:
     return jobs.to_read(job)
+
+
+@router.patch("/{job_id}", response_model=JobRead, responses=problem_responses(404, 422),
+              summary="Name, tag or annotate a job")
+def update_job(job: JobDep, labels: LabelsUpdate, session: SessionDep) -> JobRead:
+    return jobs.to_read(jobs.update_labels(session=session, job=job, labels=labels))
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, responses=problem_responses(404, 422),

@@ -76,7 +76,7 @@ def show_dataset(dataset: DatasetDep) -> Dataset:
     return dataset
 
 
-@router.patch("/{dataset_id}", response_model=DatasetRead, responses=problem_responses(404, 422),
+@router.patch("/{dataset_id}", response_model=DatasetRead, responses=problem_responses(400, 404, 422),
               summary="Rename a data set or set the kinds of its columns")
 def update_dataset(change: DatasetUpdate, dataset: DatasetDep, session: SessionDep, storage: StorageDep) -> Dataset:
     return datasets.update(session=session, storage=storage, dataset=dataset, change=change)

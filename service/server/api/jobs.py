@@ -45,7 +45,7 @@ def show_job(job: JobDep) -> JobRead:
     return jobs.to_read(job)
 
 
-@router.patch("/{job_id}", response_model=JobRead, responses=problem_responses(404, 422),
+@router.patch("/{job_id}", response_model=JobRead, responses=problem_responses(400, 404, 422),
               summary="Name, tag or annotate a job")
 def update_job(job: JobDep, labels: LabelsUpdate, session: SessionDep) -> JobRead:
     return jobs.to_read(jobs.update_labels(session=session, job=job, labels=labels))

@@ -47,7 +47,7 @@ def list_registered(session: SessionDep, principal: PrincipalDep, limit: LimitDe
 
 
 @router.post("/registry/{name}", status_code=201, response_model=ModelVersionRead,
-             responses=problem_responses(404, 409, 422),
+             responses=problem_responses(400, 404, 409, 422),
              summary="Register a model as the name's next version (the name is created on first use)")
 def register_model(name: NamePath, body: RegisterModel, session: SessionDep, principal: PrincipalDep,
                    response: Response) -> dict[str, Any]:
@@ -77,7 +77,8 @@ def show_version(reg: NameDep, version: VersionPath, session: SessionDep) -> dic
     return registry.show_version(session=session, reg=reg, version=version)
 
 
-@router.put("/registry/{name}/aliases/{alias}", response_model=AliasRead, responses=problem_responses(404, 409, 422),
+@router.put("/registry/{name}/aliases/{alias}", response_model=AliasRead,
+            responses=problem_responses(400, 404, 409, 422),
             summary="Point an alias at a version, atomically (with expected_version: only if it points there now)")
 def move_alias(reg: NameDep, alias: AliasPath, body: AliasMoveRequest, session: SessionDep,
                principal: PrincipalDep) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def search_or_404(search_id: str, session: SessionDep, principal: PrincipalDep) 
 SearchDep = Annotated[Search, Depends(search_or_404)]
 
 
-@router.post("", status_code=201, response_model=SearchRead, responses=problem_responses(404, 422),
+@router.post("", status_code=201, response_model=SearchRead, responses=problem_responses(400, 404, 422),
              summary="Start a hyperparameter search")
 def start_search(request: SearchCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
                  response: Response) -> SearchRead:
@@ -56,7 +56,7 @@ def show_search(search: SearchDep, session: SessionDep) -> SearchRead:
     return searches.to_read(session, search, leaderboard=True)
 
 
-@router.patch("/{search_id}", response_model=SearchRead, responses=problem_responses(404, 422),
+@router.patch("/{search_id}", response_model=SearchRead, responses=problem_responses(400, 404, 422),
               summary="Name, tag or annotate a search")
 def update_search(search: SearchDep, labels: LabelsUpdate, session: SessionDep) -> SearchRead:
     return searches.to_read(session, searches.update_labels(session=session, search=search, labels=labels),

@@ -137,8 +137,21 @@ def walk(ids: dict[str, str]) -> list[tuple[str, str, dict]]:
                                                "json": {"records": [IRIS_RECORD]}}),
         ("POST", "/models/{model_id}/predict", {"url": f"/models/{ids['model']}/predict",
                                                  "files": {"file": ("iris.csv", csv, "text/csv")}}),
+        ("GET", "/models/{model_id}/export", {"url": f"/models/{ids['model']}/export?format=onnx"}),
+        ("PATCH", "/datasets/{dataset_id}", {"url": f"/datasets/{ids['ds']}", "json": {"name": "iris"}}),
+        ("PATCH", "/jobs/{job_id}", {"url": f"/jobs/{ids['job']}", "json": {"tags": ["kept"]}}),
+        # registry names live in their owner's namespace: alice's 'iris' is no name of bob's
+        ("GET", "/registry/{name}", {"url": "/registry/iris"}),
+        ("GET", "/registry/{name}/versions", {"url": "/registry/iris/versions"}),
+        ("GET", "/registry/{name}/versions/{version}", {"url": "/registry/iris/versions/1"}),
+        ("GET", "/registry/{name}/aliases/{alias}", {"url": "/registry/iris/aliases/production"}),
+        ("GET", "/registry/{name}/aliases/{alias}/history", {"url": "/registry/iris/aliases/production/history"}),
+        ("PUT", "/registry/{name}/aliases/{alias}", {"url": "/registry/iris/aliases/production",
+                                                      "json": {"version": 1}}),
+        ("POST", "/registry/{name}", {"url": "/registry/other", "json": {"model_id": ids["model"]}}),
         # Changes last: cancel of a finished job is a 409 for its owner, delete removes the data set.
         ("POST", "/jobs/{job_id}/cancel", {"url": f"/jobs/{ids['job']}/cancel"}),
+        ("DELETE", "/registry/{name}/aliases/{alias}", {"url": "/registry/iris/aliases/production"}),
         ("DELETE", "/models/{model_id}", {"url": f"/models/{ids['model']}"}),
         ("DELETE", "/datasets/{dataset_id}", {"url": f"/datasets/{ids['ds']}"}),
     ]
@@ -146,12 +159,19 @@ def walk(ids: dict[str, str]) -> list[tuple[str, str, dict]]:
 
 LISTS = [("GET", "/datasets"), ("GET", "/jobs"), ("GET", "/models")]
 OTHERS = [("POST", "/datasets"), ("POST", "/jobs"), ("GET", "/metrics"), ("GET", "/workers"),
-          ("GET", "/healthz"), ("GET", "/readyz")]
+          ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/registry"),
+          # two of alice's jobs to compare, and searches (whose trials would join alice's job list): their owner
+          # rules are tested in test_jobs.py / test_searches.py
+          ("GET", "/jobs/compare"), ("POST", "/searches"), ("GET", "/searches"), ("GET", "/searches/{search_id}"),
+          ("PATCH", "/searches/{search_id}"), ("GET", "/searches/{search_id}/trials"),
+          ("POST", "/searches/{search_id}/cancel"), ("GET", "/searches/{search_id}/events")]
 
 
 def test_another_owner_gets_404_everywhere_and_an_admin_sees_everything(app, owners):
     alice, bob, admin = owners["alice"], owners["bob"], owners["admin"]
     requests = walk(owners)
+    assert alice.post("/registry/iris", json={"model_id": owners["model"]}).status_code == 201
+    assert alice.put("/registry/iris/aliases/production", json={"version": 1}).status_code == 200
     # Every route of the API is walked here or below: a new endpoint must join this test.
     routes = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
     assert routes == {(m, p) for m, p, _ in requests} | set(LISTS) | set(OTHERS)
@@ -167,10 +187,16 @@ def test_another_owner_gets_404_everywhere_and_an_admin_sees_everything(app, own
         url = req.pop("url")
         # A finished job cannot be cancelled; a classifier has no embedding: both say so to those who may see them.
         expected = {"/jobs/{job_id}/cancel": 409, "/models/{model_id}/embed": 422}
+        if (method, template) == ("POST", "/registry/{name}"):
+            assert alice.request(method, url, **req).status_code == 201
+            problem(admin.request(method, url, **req), 422, "belongs to alice")  # an admin registers its own only
+            continue
         if method == "DELETE":
             continue  # the owner's delete is checked below, once the admin has looked too
         assert alice.request(method, url, **req).status_code == expected.get(template, 200), template
-        assert admin.request(method, url, **req).status_code == expected.get(template, 200), template
+        # registry names are the key owner's own, an admin's too: alice's names are none of the admin's
+        seen_by_admin = 404 if template.startswith("/registry/") else expected.get(template, 200)
+        assert admin.request(method, url, **req).status_code == seen_by_admin, template
 
     for _, path in LISTS:
         assert bob.get(path).json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
@@ -183,6 +209,7 @@ def test_another_owner_gets_404_everywhere_and_an_admin_sees_everything(app, own
     # bob's own upload is his: alice does not see it.
     mine = upload(bob, "xor.csv").json()
     assert alice.get(f"/datasets/{mine['id']}").status_code == 404
+    assert alice.delete("/registry/iris/aliases/production").status_code == 204
     assert alice.delete(f"/models/{owners['model']}").status_code == 204
     assert alice.delete(f"/datasets/{owners['ds']}").status_code == 204
 

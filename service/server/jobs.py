@@ -252,13 +252,16 @@ def active_jobs(*, session: Session, owner: str) -> int:
 
 def check(*, session: Session, spec: JobCreate, principal: Principal, settings: Settings) -> tuple[Dataset, StoredSpec]:
     """Everything submit checks but the active-job limit: (the data set, the resolved spec)."""
-    dataset, stored, _ = check_with_warnings(session=session, spec=spec, principal=principal, settings=settings)
+    dataset, stored, _ = check_with_warnings(session=session, spec=spec, principal=principal, settings=settings,
+                                             leaks=False)
     return dataset, stored
 
 
-def check_with_warnings(*, session: Session, spec: JobCreate, principal: Principal,
-                        settings: Settings) -> tuple[Dataset, StoredSpec, list[dict[str, Any]]]:
-    """`check`, and what the job should be warned about (columns left out, its target, leaking features)."""
+def check_with_warnings(*, session: Session, spec: JobCreate, principal: Principal, settings: Settings,
+                        leaks: bool = True) -> tuple[Dataset, StoredSpec, list[dict[str, Any]]]:
+    """`check`, and what the job should be warned about (columns left out, its target, and with `leaks` the
+    features that give the target away: the one check that reads many columns, left out where only the errors
+    count, as when a search checks each value of its space)."""
     dataset = session.get(Dataset, spec.dataset_id)
     if dataset is None or not can_see(principal, dataset.owner):
         raise NotFound(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
@@ -289,7 +292,7 @@ def check_with_warnings(*, session: Session, spec: JobCreate, principal: Princip
                        f"{settings.max_parameters:,}: use fewer or narrower layers"
                        + (" or fewer members" if stored.model.type == "ensemble" else ""))
     if dataset.format != "npz" and task in ("classification", "regression"):
-        found += _data_checks(storage.dataset_file(dataset.id, dataset.format), stored)
+        found += _data_checks(storage.dataset_file(dataset.id, dataset.format), stored, leaks=leaks)
     return dataset, stored, found
 
 
@@ -301,7 +304,7 @@ def _holdout(spec: StoredSpec) -> float:
     return min(shares, default=0.0)
 
 
-def _data_checks(path: Path, spec: StoredSpec) -> list[dict[str, Any]]:
+def _data_checks(path: Path, spec: StoredSpec, *, leaks: bool = True) -> list[dict[str, Any]]:
     """The checks that read the data: the target's rows and classes (every row), leaking features (the first
     rows); a target that cannot train is InvalidInput naming it."""
     target = spec.targets[0]
@@ -312,6 +315,8 @@ def _data_checks(path: Path, spec: StoredSpec) -> list[dict[str, Any]]:
                                           holdout=_holdout(spec))
     except DataError as exc:
         raise _column_error(exc.column or target, str(exc), "target") from None
+    if not leaks:
+        return found
     features = spec.features[:checks.LEAK_COLUMNS]
     batch = next(pq.ParquetFile(path).iter_batches(batch_size=checks.LEAK_ROWS, columns=[*features, target]))
     return found + checks.leaks(pa.Table.from_batches([batch]), target, features, spec.task)

@@ -170,6 +170,18 @@ def calendar(seconds: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
     return {name: np.where(present, values, np.nan).astype(np.float64) for name, values in parts.items()}
 
 
+# The finest spacing of dates (days between neighbours, typically) at which each calendar part says something: the
+# weekday of quarterly dates, or the day of month of monthly ones, is noise that a small table's network would fit.
+PART_SPACING_DAYS = {"hour": 1.0, "weekday": 7.0, "day": 28.0, "yearday": 28.0, "month": 365.0}
+
+
+def parts_for(seconds: NDArray[np.float64]) -> list[str]:
+    """The calendar parts worth an input for these instants: by the median gap between distinct neighbours."""
+    distinct = np.unique(seconds[~np.isnan(seconds)])
+    gap = float(np.median(np.diff(distinct))) / 86400.0 if distinct.size > 1 else 0.0
+    return [p for p in PARTS if gap < PART_SPACING_DAYS.get(p, math.inf)]
+
+
 def inputs(parts: list[str]) -> list[tuple[str, str]]:
     """The network inputs a date's kept parts become, in order: (part, 'value' | 'sin' | 'cos')."""
     out: list[tuple[str, str]] = []

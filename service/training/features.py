@@ -95,15 +95,16 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
 
 
 def _fit_datetime(name: str, col: pa.ChunkedArray, layout: str, encoding: Encoding) -> dict[str, Any]:
-    """A date feature's inputs: the calendar parts that vary in the training rows, each standardised, and the
-    cyclical (sin, cos) pair of each periodic part; a missing or unreadable date is filled with the median."""
+    """A date feature's inputs: the calendar parts that vary in the training rows and that the dates' spacing can
+    tell (`dates.parts_for`), each standardised, and the cyclical (sin, cos) pair of each periodic part; a missing or
+    unreadable date is filled with the median."""
     seconds = dates.parse(col, layout)
     present = seconds[~np.isnan(seconds)]
     if present.size == 0:
         raise DataError(f"feature '{name}' has no dates in the training rows", column=name)
     fill = float(np.median(present))
     parts = dates.calendar(np.where(np.isnan(seconds), fill, seconds))
-    kept = [p for p in dates.PARTS if np.ptp(parts[p]) > 0]
+    kept = [p for p in dates.parts_for(present) if np.ptp(parts[p]) > 0]
     inputs, means, scales = [], [], []
     for part, form in dates.inputs(kept):
         values = dates.input_values(parts, part, form)

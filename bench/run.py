@@ -45,6 +45,7 @@ def main() -> None:
     predict, t_predict = run("predict.py")
     infer, t_infer = run("infer.py")
     ingest, t_ingest = run("ingest.py")
+    streaming, t_streaming = run("streaming.py")
     search, t_search = run("search.py", "--trials", "32", "--markdown")
     total = time.perf_counter() - t0
     OUT.write_text(f"""# Benchmarks
@@ -135,6 +136,16 @@ A generated CSV (50 numeric columns) uploaded through `POST /datasets` to `mlps 
 end, API peak RSS ≤ 400 MB.
 
 {ingest}
+
+## Data larger than memory (`bench/streaming.py`, {t_streaming:.0f} s)
+
+A generated data set whose prepared matrix is several times the training memory budget (`MLPS_TRAIN_MEMORY_BYTES`,
+24 MiB here), prepared and trained for one epoch by the in-memory path (with a budget big enough for it) and by the
+streaming path, each in a fresh process on one torch thread, interleaved, three rounds (medians ± half their range).
+Peak RSS growth counts from the process's memory after its imports; it includes torch's and the network's own working
+memory, which the budget does not bound.
+
+{streaming}
 
 ## Hyperparameter search (`bench/search.py`, {t_search:.0f} s)
 

@@ -37,7 +37,13 @@ AUTH="Authorization: Bearer $KEY"
 
 log "API: $BASE"
 curl -fsS "$BASE/healthz" >/dev/null || die "$BASE/healthz did not answer 200"
-curl -fsS "$BASE/readyz" >/dev/null || die "$BASE/readyz did not answer 200"
+# ready once a worker has started and sent its first heartbeat (a worker host may take a while: it warms up torch)
+ready=""
+for _ in $(seq 1 120); do
+  if ready=$(curl -sS "$BASE/readyz") && [[ $ready == *'"ready"'* ]]; then break; fi
+  sleep 1
+done
+[[ $ready == *'"ready"'* ]] || die "$BASE/readyz did not answer ready within 120 s: $ready"
 
 log "uploading $CSV"
 dataset=$(curl -fsS -H "$AUTH" -F "file=@$CSV" "$BASE/datasets") || die "upload failed"

@@ -630,6 +630,121 @@ class AliasMoveRead(BaseModel):
     moved_at: datetime
 
 
+
+# ---------------------------------------------------------------- webhooks
+
+WebhookEventType = Literal["job.succeeded", "job.failed", "job.cancelled", "search.finished"]
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = ("job.succeeded", "job.failed", "job.cancelled", "search.finished")
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048, description="Where deliveries are POSTed: https "
+                                  "(plain http only to a host the operator allows in MLPS_WEBHOOK_ALLOW)",
+                                  examples=["https://hooks.example.com/mlps"])]
+WebhookEvents = Annotated[list[WebhookEventType], Field(min_length=1, max_length=len(WEBHOOK_EVENT_TYPES),
+                                                        description="The event types to deliver")]
+
+
+class WebhookCreate(_Input):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"url": "https://hooks.example.com/mlps", "events": ["job.succeeded", "job.failed"]}]})
+
+    url: WebhookUrl
+    events: WebhookEvents
+    description: str | None = Field(default=None, max_length=255)
+
+
+class WebhookUpdate(_Input):
+    """PATCH body of a webhook: the fields given replace the stored ones."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
+
+    url: WebhookUrl | None = None
+    events: WebhookEvents | None = None
+    description: str | None = Field(default=None, max_length=255)
+    enabled: bool | None = Field(default=None, description="false stops deliveries: no new events are queued for "
+                                                           "it and its pending ones end failed, unsent, when next "
+                                                           "due; true resumes, also after a receiver answered 410 "
+                                                           "Gone")
+
+
+class WebhookRead(_Output):
+    id: str
+    owner: str
+    url: str
+    events: list[WebhookEventType]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None = Field(description="Why deliveries stopped, when the server disabled the "
+                                                    "endpoint (its receiver answered 410 Gone)")
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookCreated(WebhookRead):
+    secret: str = Field(description="The signing secret (Standard Webhooks: whsec_ + base64), shown only in this "
+                                    "answer", examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+
+
+class WebhookAttempt(BaseModel):
+    attempt: int = Field(description="1 for the first try")
+    at: datetime
+    status_code: int | None = Field(description="The receiver's HTTP status; null when no answer came")
+    error: str | None = Field(description="Why the attempt failed: the status, a refused address, a timeout")
+    duration_ms: float
+
+
+class WebhookDeliveryRead(BaseModel):
+    id: int
+    event_id: str = Field(description="The webhook-id header: the same on every attempt")
+    type: str = Field(description="The event type (also webhook.test)")
+    state: Literal["pending", "delivered", "failed"]
+    attempt_count: int
+    attempts: list[WebhookAttempt]
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending only)")
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class WebhookJobData(BaseModel):
+    """A job.* event's data: the job as GET /jobs/{id} names it, with the kept model's figures."""
+
+    id: str
+    status: Literal["succeeded", "failed", "cancelled"]
+    name: str | None
+    dataset_id: str | None
+    search_id: str | None
+    model_id: str | None
+    metrics: dict[str, Any] | None = Field(description="The kept model's figures (succeeded), else the last "
+                                                       "epoch's")
+    error: str | None
+    finished_at: datetime | None
+
+
+class WebhookSearchData(BaseModel):
+    """A search.finished event's data."""
+
+    id: str
+    status: Literal["succeeded", "failed", "cancelled"]
+    name: str | None
+    best: TrialRead | None
+    model_id: str | None = Field(description="The best trial's model")
+    refit_job_id: str | None
+    error: str | None
+    finished_at: datetime | None
+
+
+class WebhookTestData(BaseModel):
+    """A webhook.test event's data (POST /webhooks/{id}/test)."""
+
+    webhook_id: str
+    message: str
+
+
+class WebhookPayload(BaseModel):
+    """The body of every delivery (signed as Standard Webhooks says)."""
+
+    type: str = Field(examples=["job.succeeded"])
+    timestamp: datetime = Field(description="When the event happened")
+    data: WebhookJobData | WebhookSearchData | WebhookTestData
+
 T = TypeVar("T")
 
 

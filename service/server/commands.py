@@ -84,6 +84,18 @@ def _check_schema(settings: Settings) -> None:
         engine.dispose()
 
 
+def _check_storage(settings: Settings) -> None:
+    """Refuse to start when MLPS_STORAGE_URL is malformed or its bucket is missing or unreachable (a few seconds
+    at most: short timeouts, bounded retries)."""
+    from service.server.storage import Storage, StorageUnavailable
+
+    try:
+        Storage.from_settings(settings).check()
+    except (ValueError, StorageUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @contextmanager
 def _database(settings: Settings) -> Iterator["Session"]:
     """One transaction on the settings' (migrated) database."""
@@ -215,6 +227,7 @@ def api(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = None,
     settings = _settings(host, port, data_dir, database_url)
     _logging(settings)
     _check_schema(settings)
+    _check_storage(settings)
     _bootstrap_admin_key(settings)
     with _recorded(settings):
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
@@ -234,6 +247,7 @@ def worker(
     settings = _settings(data_dir=data_dir, database_url=database_url)
     _logging(settings)
     _check_schema(settings)
+    _check_storage(settings)
     try:
         found = discover(devices)
     except ValueError as exc:
@@ -257,6 +271,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, data_dir: DataDirOpt = Non
     _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run_migrations(settings.database_url)
+    _check_storage(settings)
     _bootstrap_admin_key(settings)
     worker = EmbeddedWorker([sys.executable, "-m", "service.cli", "worker", "--devices", devices],
                             env=_env_for(settings))

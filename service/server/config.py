@@ -50,9 +50,23 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     cancel_grace_s: float = Field(default=10.0, ge=0)
     torch_threads: int = Field(default=0, ge=0, le=1024, description="Threads per training process; 0: torch's default")
+    train_memory_bytes: int = Field(default=0, ge=0, description="Memory a job's prepared data may take; a job "
+                                    "whose feature matrix would need more trains by streaming its data set's row "
+                                    "groups; 0: half the memory the worker may use (its cgroup limit, else the "
+                                    "machine's RAM)")
     progress_flush_s: float = Field(default=0.5, ge=0, description="Longest wait before epoch metrics and a "
                                    "checkpoint are written; 0 writes after every epoch")
     reap_every_s: float = Field(default=5.0, gt=0, description="How often the API and workers requeue lost jobs")
+
+    # Where data sets, models and checkpoints live (service.server.storage)
+    storage_url: str = Field(default="", description="A local directory (empty: data_dir) or s3://bucket/prefix; "
+                             "with a bucket, data_dir keeps only a cache")
+    cache_max_bytes: int = Field(default=10 << 30, ge=0, description="Bound on the local cache of a bucket's data "
+                                 "sets and models (least recently used go first)")
+    s3_endpoint_url: str = Field(default="", description="The S3 endpoint (empty: AWS_ENDPOINT_URL or AWS's own)")
+    s3_region: str = Field(default="", description="The bucket's region (empty: AWS_REGION, else us-east-1)")
+    s3_timeout_s: float = Field(default=3.0, gt=0, description="Connect timeout of each request to the bucket")
+    s3_max_attempts: int = Field(default=3, ge=1, le=10, description="Tries of each request to the bucket")
 
     # Storage upkeep and faults
     min_free_bytes: int = Field(default=64 << 20, ge=0, description="Below this much free space in data_dir, "
@@ -63,6 +77,29 @@ class Settings(BaseSettings):
                                      "ended job are kept")
     sweep_every_s: float = Field(default=600.0, gt=0, description="How often the API removes abandoned "
                                  "temporary files and old checkpoints (also once at startup)")
+
+    # Idempotency keys (POST /jobs, /datasets, /searches)
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="How long a key's first response "
+                                     "answers its retries; then the reaper removes it and the key is free again")
+    idempotency_wait_s: float = Field(default=10.0, ge=0, description="How long a request waits for another one "
+                                      "with the same key still in progress before answering 409 (well below a "
+                                      "client's 30 s timeout)")
+    idempotency_pending_s: float = Field(default=900.0, gt=0, description="A request with a key still in progress "
+                                         "after this long counts as abandoned: a retry may take its key over")
+
+    # Webhooks
+    webhook_allow: str = Field(default="", description="Comma-separated hosts webhooks may reach although they "
+                               "are not public: names (hooks.example.com), *.suffix wildcards, addresses and CIDR "
+                               "ranges (10.0.0.0/8); these may also use plain http")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120, description="Per delivery attempt")
+    webhook_poll_s: float = Field(default=1.0, gt=0, description="How often the API looks for due deliveries")
+    webhook_retry_base_s: float = Field(default=5.0, gt=0, description="Wait before the first retry; each "
+                                        "later one waits 5 times longer (with jitter), at most an hour")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50, description="Attempts per delivery before it fails")
+    webhook_max_age_s: float = Field(default=24 * 3600.0, gt=0, description="A delivery still failing this long "
+                                     "after its event is given up")
+    webhook_keep_s: float = Field(default=30 * 24 * 3600.0, gt=0, description="How long ended deliveries stay "
+                                  "in the log")
 
     # Predict
     model_cache_size: int = Field(default=16, ge=1)

@@ -14,7 +14,7 @@ from service.schemas import DatasetUpdate
 from service.server.auth import Principal, can_see, visible
 from service.server.errors import Conflict, InvalidInput, NotFound
 from service.server.queue import new_id
-from service.server.storage import Storage, publish
+from service.server.storage import Storage
 from service.server.tables import Dataset, Job, JobStatus
 from service.training import checks, ingest
 
@@ -44,8 +44,7 @@ def create(*, session: Session, storage: Storage, upload_path: Path, name: str, 
                 {"field": "file", "message": str(exc)}]
             raise InvalidInput(str(exc), errors=errors) from None
         written = staged.with_suffix(".npz") if result.format == "npz" else staged
-        dest = storage.dataset_file(dataset_id, result.format)
-        publish(written, dest)
+        storage.publish_dataset(written, dataset_id, result.format)
     finally:
         staged.unlink(missing_ok=True)
         staged.with_suffix(".npz").unlink(missing_ok=True)
@@ -53,7 +52,7 @@ def create(*, session: Session, storage: Storage, upload_path: Path, name: str, 
                       n_columns=len(result.columns), columns=result.columns, size_bytes=size_bytes, sha256=sha256,
                       warnings=result.warnings, dialect=result.dialect)
     session.add(dataset)
-    session.info.setdefault("on_rollback", []).append(lambda: dest.unlink(missing_ok=True))
+    session.info.setdefault("on_rollback", []).append(lambda: storage.remove_dataset(dataset_id))
     session.flush()
     log.info("data set %s stored: %s, %d rows, %d columns", dataset_id, result.format, result.n_rows,
              len(result.columns))

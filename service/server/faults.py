@@ -12,6 +12,7 @@ import random
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, TimeoutError
 
 from service.server.errors import InsufficientStorage, ServiceError, Unavailable
+from service.server.storage import StorageUnavailable
 from service.training import ingest
 
 log = logging.getLogger("mlps.faults")
@@ -59,10 +60,26 @@ def classify(exc: BaseException) -> ServiceError | None:
     if database_unavailable(exc):
         return Unavailable("the database is unavailable just now (down, read-only or busy); nothing was changed. "
                            f"Try again in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+    if storage_unavailable(exc):
+        return Unavailable(f"the object storage is unavailable just now ({exc}); nothing was changed. Try again "
+                           f"in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
     return None
 
 
-# The exception types a fault arrives as (the API registers its fault handler for these).
+def storage_unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the object storage (S3) cannot be reached or refused us just now: our own
+    StorageUnavailable, or botocore's connection and timeout errors that reached us unwrapped."""
+    if isinstance(exc, StorageUnavailable):
+        return True
+    try:
+        from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
+    except ImportError:  # boto3 is only needed with an s3:// MLPS_STORAGE_URL
+        return False
+    return isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError))
+
+
+# The exception types a fault arrives as (the API registers its fault handler for these; StorageUnavailable is
+# an OSError).
 FAULT_TYPES: tuple[type[Exception], ...] = (OSError, DBAPIError, DisconnectionError, TimeoutError)
 
 

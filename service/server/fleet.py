@@ -12,12 +12,12 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.server import queue
+from service.server import idempotency, queue
 from service.server.auth import Principal, visible
 from service.server.cleanup import sweep
 from service.server.db import SchemaNotReady, probe_write, require_schema_at_head, session_scope, utcnow
 from service.server.faults import Backoff
-from service.server.storage import Storage
+from service.server.storage import Storage, StorageUnavailable
 from service.server.tables import Job, JobStatus, Worker
 
 log = logging.getLogger("mlps.fleet")
@@ -53,7 +53,7 @@ def list_workers(*, session: Session, principal: Principal, stale_after_s: float
 def not_ready(*, engine: Engine, sessions: sessionmaker[Session], storage: Storage, heartbeat_s: float,
               min_free_bytes: int) -> list[str]:
     """Why this deployment cannot do its work now (empty: ready): the database unreachable, not migrated or not
-    writable; no live worker to train queued jobs; the data directory (nearly) full."""
+    writable; no live worker to train queued jobs; the data directory (nearly) full; the bucket unreachable."""
     reasons = []
     try:
         require_schema_at_head(engine)
@@ -72,6 +72,11 @@ def not_ready(*, engine: Engine, sessions: sessionmaker[Session], storage: Stora
     if free < min_free_bytes:
         reasons.append(f"the data directory has {free / 1e6:.0f} MB free, less than MLPS_MIN_FREE_BYTES "
                        f"({min_free_bytes / 1e6:.0f} MB)")
+    if storage.bucket is not None:
+        try:
+            storage.bucket.check()
+        except StorageUnavailable as exc:
+            reasons.append(str(exc))
     return reasons
 
 
@@ -108,9 +113,11 @@ class Reaper:
         self._thread.join(timeout=10)
 
     def round(self) -> None:
-        """One round: requeue lost jobs; sweep files when a sweep is due."""
+        """One round: requeue lost jobs, delete expired idempotency keys; sweep files when a sweep is due."""
         with session_scope(self.sessions) as s:
             reaped = queue.reap_expired(session=s, max_attempts=self.max_attempts)
+        with session_scope(self.sessions) as s:
+            idempotency.expire(session=s)
         if reaped:
             log.warning("reclaimed jobs with expired leases: %s", ", ".join(reaped))
         if self.upkeep is not None and time.monotonic() >= self._next_sweep:

@@ -7,7 +7,7 @@ and network (`pipeline.inputs_from_table`, `pipeline.predict_arrays`), so both a
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,20 +24,13 @@ from service.server.errors import InvalidInput, NotFound
 from service.server.predict import ModelCache
 from service.server.tables import Model
 from service.training import dates, ingest
-from service.training import pipeline as P
 from service.training.artifact import ModelMeta
 from service.training.ingest import quote_value
-from service.training.onnx_export import (
-    ARRAY_INPUT,
-    PREDICTIONS,
-    PROBABILITIES,
-    ExportError,
-    TensorInfo,
-    export_onnx,
-    input_tensors,
-    label_datatype,
-    output_tensors,
-)
+
+# The exporter and the inference code import torch (and onnx): loaded with the first model this process serves.
+if TYPE_CHECKING:
+    from service.training import pipeline as P
+    from service.training.onnx_export import TensorInfo
 
 SERVER_NAME = "mlp-service"
 EXTENSIONS = ["binary_tensor_data"]
@@ -58,6 +51,8 @@ DATATYPES = [*DTYPES, "BYTES"]
 
 def export(*, cache: ModelCache, model: Model) -> bytes:
     """The model as one self-contained .onnx file; InvalidInput when it holds a layer the exporter lacks."""
+    from service.training.onnx_export import ExportError, export_onnx
+
     net, meta = cache.get(model.id)
     try:
         return export_onnx(net, meta)
@@ -99,9 +94,11 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
 
 
-def protocol_outputs(meta: ModelMeta) -> list[TensorInfo]:
+def protocol_outputs(meta: ModelMeta) -> list["TensorInfo"]:
     """The outputs an infer request can ask for: the ONNX graph's, with probabilities as float64 (as `/predict`
     computes them)."""
+    from service.training.onnx_export import PROBABILITIES, TensorInfo, output_tensors
+
     return [TensorInfo(t.name, "FP64", t.shape) if t.name == PROBABILITIES else t for t in output_tensors(meta)]
 
 
@@ -131,6 +128,8 @@ def resolve(*, sessions: sessionmaker[Session], cache: ModelCache, principal: Pr
 
 def metadata(*, cache: ModelCache, model_id: str, name: str, version: str | None) -> ModelMetadata:
     """The inputs and outputs of the model `name` (`version`) resolved to (Gone when its files are missing)."""
+    from service.training.onnx_export import input_tensors
+
     _, meta = cache.get(model_id)
     return ModelMetadata(name=name, versions=[version or VERSION], platform=PLATFORM,
                          inputs=[TensorMetadata(name=t.name, datatype=t.datatype, shape=list(t.shape))
@@ -373,6 +372,9 @@ def _column(t: Tensor, feature: dict[str, Any]) -> pa.Array:
 
 def network_inputs(tensors: list[Tensor], meta: ModelMeta, max_records: int) -> NDArray[np.float32]:
     """The network's input matrix from the request's tensors, as /predict makes it from records."""
+    from service.training import pipeline as P
+    from service.training.onnx_export import ARRAY_INPUT, input_tensors
+
     pre = meta.preprocessing
     expected = [t.name for t in input_tensors(meta)]
     by_name = _by_name(tensors, expected)
@@ -408,8 +410,10 @@ class OutputTensor:
     binary: bool
 
 
-def _outputs(raw: P.RawPrediction, meta: ModelMeta) -> dict[str, tuple[str, NDArray[Any]]]:
+def _outputs(raw: "P.RawPrediction", meta: ModelMeta) -> dict[str, tuple[str, NDArray[Any]]]:
     """Every output the model answers: name → (datatype, array)."""
+    from service.training.onnx_export import PREDICTIONS, PROBABILITIES, label_datatype
+
     target = meta.target
     if raw.classes is not None:
         labels = target["labels"]
@@ -477,6 +481,8 @@ def infer(*, cache: ModelCache, model_id: str, name: str, version: str | None, b
           header_length: str | None, max_records: int) -> InferResponse:
     """One infer request on the model `name` (`version`) resolved to, which the caller may use: the same
     preprocessing and network as /predict."""
+    from service.training import pipeline as P
+
     request, binary = parse_request(body, header_length)
     tensors = decode_inputs(request, binary)
     net, meta = cache.get(model_id)

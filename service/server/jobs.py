@@ -8,7 +8,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from sqlalchemy import ColumnElement, String, cast, func, select
 from sqlalchemy.orm import Session
 
@@ -35,8 +34,7 @@ from service.server.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training import checks, dates
 from service.training.features import CATEGORICAL_KINDS
 from service.training.ingest import MAX_CATEGORY_LEVELS, DataError, infer_task
-from service.training.metrics import metric_names
-from service.training.nets import build_for, count_parameters, output_width
+from service.training.tasks import metric_names, output_width, parameter_count
 
 
 def _column_error(column: str, message: str, field: str) -> InvalidInput:
@@ -201,10 +199,8 @@ def estimate_parameters(spec: StoredSpec, dataset: Dataset) -> int:
     n_in = sum(_width(columns[f], spec.model) for f in spec.features)
     n_classes = int(columns[spec.targets[0]]["n_unique"]) if spec.task == "classification" else 0
     n_out = output_width(spec.task, n_inputs=n_in, n_classes=n_classes, n_targets=len(spec.targets))
-    # The network the worker will build, on the meta device: shapes only, no memory, whatever its size.
-    with torch.device("meta"):
-        net = build_for(spec.model, n_in, n_out)
-    return count_parameters(net)
+    # Counted from the spec (the network the worker will build has exactly these): the API never loads torch.
+    return parameter_count(spec.model, n_in, n_out)
 
 
 def check_limits(spec: StoredSpec, settings: Settings) -> None:
@@ -266,7 +262,7 @@ def check_with_warnings(*, session: Session, spec: JobCreate, principal: Princip
     if dataset is None or not can_see(principal, dataset.owner):
         raise NotFound(f"no data set with id '{spec.dataset_id}'; upload one with POST /datasets",
                        errors=[{"field": "dataset_id", "message": "unknown data set"}])
-    storage = Storage(settings.data_dir)
+    storage = Storage.from_settings(settings)
     summaries = dataset.columns
     if spec.column_kinds:
         summaries = datasets.with_kinds(storage=storage, dataset=dataset, kinds=spec.column_kinds,

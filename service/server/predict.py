@@ -6,14 +6,13 @@ import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from torch import nn
 
 from service.server import registry
 from service.server.auth import Principal, can_see, visible
@@ -21,9 +20,12 @@ from service.server.errors import Gone, InvalidInput, NotFound
 from service.server.storage import Storage
 from service.server.tables import Model
 from service.training import ingest
-from service.training import pipeline as P
 from service.training.artifact import META, WEIGHTS, ModelMeta, load_model
 from service.training.features import RecordsError, records_to_table
+
+# torch (and the inference code, `pipeline`) load with the first model this process serves, not with the API.
+if TYPE_CHECKING:
+    from torch import nn
 
 # How long a cached model is trusted before its folder is looked at again: a model deleted through another API
 # process, or whose files were removed by hand, stops answering here within this time.
@@ -59,9 +61,9 @@ class ModelCache:
             self._owners[model.id] = model.owner
 
     def _present(self, model_id: str) -> bool:
-        return (self.storage.model_dir(model_id) / META).is_file()
+        return self.storage.model_present(model_id)
 
-    def get(self, model_id: str) -> tuple[nn.Module, ModelMeta]:
+    def get(self, model_id: str) -> tuple["nn.Module", ModelMeta]:
         """The loaded model; Gone (410) when its files are missing, also for a copy cached before they went."""
         now = time.monotonic()
         with self._lock:
@@ -79,7 +81,11 @@ class ModelCache:
         try:
             loaded = load_model(self.storage.model_dir(model_id))
         except FileNotFoundError:
-            raise _gone(model_id) from None
+            # The cached folder may have been replaced or evicted while it was read: fetch it once more.
+            try:
+                loaded = load_model(self.storage.model_dir(model_id))
+            except FileNotFoundError:
+                raise _gone(model_id) from None
         with self._lock:
             self._items[model_id] = loaded
             self._checked[model_id] = now
@@ -97,7 +103,7 @@ class ModelCache:
 
 def files_present(storage: Storage, model: Model) -> Model:
     """The model, or Gone (410) when its folder is missing."""
-    if not (storage.model_dir(model.id) / META).is_file():
+    if not storage.model_present(model.id):
         raise _gone(model.id)
     return model
 
@@ -172,8 +178,8 @@ def delete(*, session: Session, cache: ModelCache, model: Model) -> None:
     model_id = model.id
 
     def remove() -> None:
+        cache.forget(model_id)  # first: stop serving it even if the files cannot be removed just now
         cache.storage.remove_model(model_id)
-        cache.forget(model_id)
 
     session.info.setdefault("on_commit", []).append(remove)
 
@@ -199,6 +205,8 @@ def list_(*, session: Session, principal: Principal, limit: int, offset: int) ->
 def _inputs(meta: ModelMeta, records: list[dict[str, Any]] | None, inputs: list[Any] | None,
             max_records: int) -> NDArray[np.float32]:
     """The network's input matrix from `records` (tables) or `inputs` (array models), or InvalidInput."""
+    from service.training import pipeline as P
+
     is_array = meta.preprocessing.get("kind") == "array"
     given = inputs if is_array else records
     if given is None and is_array:
@@ -238,6 +246,8 @@ def predict(*, cache: ModelCache, model_id: str, records: list[dict[str, Any]] |
                            "ensemble's members (train with model type 'ensemble', the default)",
                            errors=[{"field": "uncertainty", "message": "needs an ensemble"}])
     X = _inputs(meta, records, inputs, max_records)
+    from service.training import pipeline as P
+
     return {"model_id": model_id, **P.predict_inputs(net, meta, X, uncertainty=uncertainty)}
 
 
@@ -248,6 +258,10 @@ def embed(*, cache: ModelCache, model: Model, records: list[dict[str, Any]] | No
         raise InvalidInput(f"model '{model.id}' is a {model.model_type}; only autoencoders have embeddings",
                            errors=[{"field": "model_id", "message": "not an autoencoder"}])
     net, meta = cache.get(model.id)
+    from torch import nn
+
+    from service.training import pipeline as P
+
     assert isinstance(net, nn.Sequential)  # build_for makes every autoencoder a Sequential (encoder, decoder)
     X = _inputs(meta, records, inputs, max_records)
     return {"model_id": model.id, "embeddings": P.embed_inputs(net, X)}

@@ -12,6 +12,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Executable, and_, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+from service.server import webhooks
 from service.server.db import utcnow
 from service.server.errors import Conflict
 from service.server.spec import StoredSpec
@@ -145,16 +146,19 @@ def succeed(*, session: Session, job_id: str, token: str, model: Model, result: 
     model.owner = owner
     session.add(model)
     session.flush()
+    webhooks.jobs_ended(session=session, job_ids=[job_id])
 
 
 def fail(*, session: Session, job_id: str, token: str, error: str, result: dict[str, Any] | None = None) -> None:
     """running → failed with a message a person can act on."""
     _guarded(session, job_id, token, **_terminal(JobStatus.FAILED, error=error, result=result))
+    webhooks.jobs_ended(session=session, job_ids=[job_id])
 
 
 def finish_cancelled(*, session: Session, job_id: str, token: str) -> None:
     """running → cancelled, once the job's process has stopped."""
     _guarded(session, job_id, token, **_terminal(JobStatus.CANCELLED, error="cancelled by request"))
+    webhooks.jobs_ended(session=session, job_ids=[job_id])
 
 
 def release(*, session: Session, job_id: str, token: str) -> None:
@@ -169,7 +173,9 @@ def request_cancel(*, session: Session, job: Job) -> Job:
     done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
                      .values(status=JobStatus.CANCELLED, cancel_requested=True, error="cancelled by request",
                              finished_at=now, updated_at=now))
-    if not done:
+    if done:
+        webhooks.jobs_ended(session=session, job_ids=[job.id])
+    else:
         done = _rowcount(session, update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING)
                          .values(cancel_requested=True, updated_at=now))
     session.flush()
@@ -200,4 +206,5 @@ def reap_expired(*, session: Session, max_attempts: int) -> list[str]:
                 updated_at=now)
         .returning(Job.id)
     ).scalars().all()
+    webhooks.jobs_ended(session=session, job_ids=[*cancelled, *failed])
     return [*cancelled, *failed, *requeued]

@@ -4,10 +4,8 @@ import contextlib
 import logging
 import os
 import select
-import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,10 +18,10 @@ from service.server.devices import CpuLoad, cpu_budget
 from service.server.logs import configure as configure_logging
 from service.server.logs import job_id_var
 from service.server.spec import StoredSpec, read_spec, required
-from service.server.storage import Storage, publish
+from service.server.storage import Storage, StorageRefused, StorageUnavailable
 from service.server.tables import Dataset, Job, Model
-from service.training import ingest
-from service.training.artifact import ModelMeta, load_checkpoint, prune_checkpoints, save_checkpoint, save_model
+from service.training import ingest, streaming
+from service.training.artifact import ModelMeta, load_checkpoint, save_checkpoint, save_model
 from service.training.ensemble import EnsembleConfig, EnsembleState, train_ensemble
 from service.training.features import Encoding, load_columns
 from service.training.loop import (
@@ -74,7 +72,7 @@ def run_job(settings_json: str, job_id: str, token: str, device: str, device_des
     log.info("job %s: training process %d started on %s", job_id, os.getpid(), device_description)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    storage = Storage(settings.data_dir)
+    storage = Storage.from_settings(settings)
     try:
         _run(settings, sessions, storage, job_id, token, device, device_description, jobs_on_device)
     except queue.LeaseLost:
@@ -84,6 +82,14 @@ def run_job(settings_json: str, job_id: str, token: str, device: str, device_des
             log.warning("job %s: the database failed under it (%s); handing it back to resume from its last "
                         "checkpoint", job_id, exc)
             raise SystemExit(faults.HAND_BACK_EXIT) from None
+        if isinstance(exc, StorageUnavailable):
+            log.warning("job %s: %s; handing it back to resume from its last checkpoint", job_id, exc)
+            raise SystemExit(faults.HAND_BACK_EXIT) from None
+        if isinstance(exc, StorageRefused):  # asking again would be refused again: the job fails, saying why
+            log.warning("job %s: %s", job_id, exc)
+            with contextlib.suppress(queue.LeaseLost):
+                _fail(sessions, job_id, token, str(exc))
+            return
         log.exception("job %s: unexpected error", job_id)
         with contextlib.suppress(queue.LeaseLost):
             _fail(sessions, job_id, token, f"internal error while training ({type(exc).__name__}: {exc}); "
@@ -192,8 +198,9 @@ class Progress:
     for a commit and a checkpoint, and a resumed attempt never finds rows past its checkpoint."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], job_id: str, token: str,
-                 folder: Path) -> None:
-        self.settings, self.sessions, self.job_id, self.token, self.folder = settings, sessions, job_id, token, folder
+                 storage: Storage) -> None:
+        self.settings, self.sessions, self.job_id, self.token = settings, sessions, job_id, token
+        self.storage, self.folder = storage, storage.checkpoint_dir(job_id)
         self.rows: list[tuple[int, dict[str, Any]]] = []
         self.pending: dict[str, Any] | None = None
         self.last_flush = time.monotonic()
@@ -206,6 +213,7 @@ class Progress:
         """Write the files now; the database points at them when the epoch's metrics are flushed."""
         name = f"{self.token[:8]}-{state.epoch}"
         save_checkpoint(self.folder, name, state, {"history": history, "kind": kind})
+        self.storage.push_checkpoint(self.job_id, name)  # in the bucket before the database points at it
         self.pending = {"epoch": state.epoch, "file": name}
 
     def add(self, epoch: int, metrics: dict[str, Any]) -> bool:
@@ -236,7 +244,7 @@ class Progress:
                                               lease_s=self.settings.lease_s, checkpoint=pending)
         self.rows, self.pending, self.last_flush = [], None, time.monotonic()
         if pending is not None:
-            prune_checkpoints(self.folder, keep=pending["file"])
+            self.storage.prune_checkpoints(self.job_id, keep=pending["file"])
 
 
 def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | None,
@@ -245,10 +253,12 @@ def _resume_point(storage: Storage, job_id: str, checkpoint: dict[str, Any] | No
     if not checkpoint:
         return None, []
     try:
-        fields, extra = load_checkpoint(storage.checkpoint_dir(job_id), checkpoint["file"])
+        fields, extra = load_checkpoint(storage.fetch_checkpoint(job_id, checkpoint["file"]), checkpoint["file"])
         if extra.get("kind", "network") != kind:
             raise ValueError(f"a {extra.get('kind', 'network')} checkpoint for a {kind} job")
         state: Resume = EnsembleState(**fields) if kind == "ensemble" else TrainState(**fields)
+    except StorageUnavailable:
+        raise  # the job is handed back and resumes once the bucket answers again
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("job %s: checkpoint %s unreadable (%s); starting from epoch 0", job_id, checkpoint, exc)
         return None, []
@@ -283,8 +293,9 @@ def _kind(spec: StoredSpec) -> str:
     return "ensemble" if spec.model.type == "ensemble" else "network"
 
 
-def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage) -> Prepared:
-    """The data set's rows as training arrays, split and preprocessed as the spec says."""
+def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage, budget: int | None = None) -> Prepared:
+    """The data set's rows as training arrays, split and preprocessed as the spec says; streamed from its row groups
+    instead when the prepared arrays would exceed `budget` bytes (see service.training.streaming)."""
     training = spec.training
     split = SplitSpec(validation_fraction=required(training.validation_fraction, "training.validation_fraction"),
                       test_fraction=required(training.test_fraction, "training.test_fraction"),
@@ -299,9 +310,21 @@ def _prepare(spec: StoredSpec, dataset: Dataset, storage: Storage) -> Prepared:
     kinds = spec.column_kinds or {f: columns[f]["kind"] for f in spec.features}
     layouts = spec.date_layouts or {f: columns[f]["datetime_layout"] for f in spec.features
                                     if columns[f].get("datetime_layout")}
+    plan, loaded_whole = streaming.plan_for_job(
+        path, n_rows=dataset.n_rows, columns=columns, features=spec.features, kinds=kinds, targets=spec.targets,
+        encoding=encoding_for(spec), budget=budget, model_type=spec.model.type, optimizer=training.optimizer,
+        seed=split.seed, validation_fraction=split.validation_fraction, test_fraction=split.test_fraction,
+        batch_size=required(training.batch_size, "training.batch_size")) if budget is not None else (None, None)
+    if plan is not None:
+        return streaming.prepare_streamed(plan, targets=spec.targets, features=spec.features, kinds=kinds,
+                                          task=spec.task, class_weights=training.class_weights,
+                                          encoding=encoding_for(spec))
     table = load_columns(path, [*spec.features, *spec.targets])
-    return prepare(table, targets=spec.targets, features=spec.features, kinds=kinds, layouts=layouts,
-                   task=spec.task, split=split, class_weights=training.class_weights, encoding=encoding_for(spec))
+    prepared = prepare(table, targets=spec.targets, features=spec.features, kinds=kinds, layouts=layouts,
+                       task=spec.task, split=split, class_weights=training.class_weights, encoding=encoding_for(spec))
+    if loaded_whole is not None:
+        prepared.info["data"] = loaded_whole
+    return prepared
 
 
 def encoding_for(spec: StoredSpec) -> Encoding:
@@ -339,6 +362,10 @@ def _train(spec: StoredSpec, prepared: Prepared, device: str, hook: EpochHook, r
     if model.type == "perceptron":
         return train_perceptron(prepared.data, TrainConfig.from_dict(spec.training.model_dump()), on_epoch=hook)
     # _resume_point reads a checkpoint only of the job's own kind
+    if model.type == "ensemble" and prepared.stream is not None:
+        return streaming.train_ensemble_streamed(
+            prepared.stream, prepared.data, ensemble_config(spec), device=device, on_epoch=hook,
+            resume=resume if isinstance(resume, EnsembleState) else None, history=history, on_step=on_step)
     if model.type == "ensemble":
         return train_ensemble(prepared.data, ensemble_config(spec), device=device, on_epoch=hook,
                               resume=resume if isinstance(resume, EnsembleState) else None, history=history,
@@ -346,6 +373,11 @@ def _train(spec: StoredSpec, prepared: Prepared, device: str, hook: EpochHook, r
     net_spec = NetSpec(type=model.type, hidden_layers=tuple(required(model.hidden_layers, "model.hidden_layers")),
                        activation=required(model.activation, "model.activation"),
                        dropout=float(required(model.dropout, "model.dropout")), batch_norm=bool(model.batch_norm))
+    if prepared.stream is not None:
+        return streaming.train_network_streamed(
+            prepared.stream, prepared.data, net_spec, TrainConfig.from_dict(spec.training.model_dump()),
+            device=device, on_epoch=hook, resume=resume if isinstance(resume, TrainState) else None, history=history,
+            on_step=on_step)
     return train(prepared.data, net_spec, TrainConfig.from_dict(spec.training.model_dump()), device=device,
                  on_epoch=hook, resume=resume if isinstance(resume, TrainState) else None, history=history,
                  on_step=on_step)
@@ -396,12 +428,14 @@ def _run(settings: Settings, sessions: sessionmaker[Session], storage: Storage, 
         _fail(sessions, job_id, token, "the job's data set was deleted before it could start")
         return
     started = time.perf_counter()
-    ckpt_dir = storage.checkpoint_dir(job_id)
-    progress = Progress(settings, sessions, job_id, token, ckpt_dir)
+    progress = Progress(settings, sessions, job_id, token, storage)
     stop: dict[str, str] = {}
     try:
         try:
-            prepared = _prepare(spec, dataset, storage)
+            streaming.reset_peak_rss()  # this process's peak from here, not its parent's
+            rss_start = streaming.current_rss()
+            budget = streaming.budget_bytes(settings.train_memory_bytes, jobs_on_device)
+            prepared = _prepare(spec, dataset, storage, budget)
             threads.start(_step_work(spec, prepared))
             data_seconds = time.perf_counter() - started
             if device.startswith("cuda"):
@@ -421,19 +455,28 @@ def _run(settings: Settings, sessions: sessionmaker[Session], storage: Storage, 
     except _Stop as exc:
         progress.flush()  # the curve up to the failure stays visible
         _fail(sessions, job_id, token, str(exc))
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _drop_checkpoints(storage, job_id)
         return
     if result.cancelled:
         with session_scope(sessions) as s:
             queue.finish_cancelled(session=s, job_id=job_id, token=token)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        _drop_checkpoints(storage, job_id)
         return
     _publish(sessions, storage, job_id, token, spec, dataset, prepared, result, report, device,
              {"resumed_from_epoch": resume.epoch if resume else None, "threads": threads.counts[0],
               **({"threads_changed": threads.counts[1:]} if len(threads.counts) > 1 else {}),
-              "data_seconds": round(data_seconds, 3)})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+              "data_seconds": round(data_seconds, 3),
+              "memory": {"budget_bytes": budget, "rss_start_bytes": rss_start, "rss_peak_bytes": streaming.peak_rss()}})
+    _drop_checkpoints(storage, job_id)
     log.info("job %s succeeded (data %.2f s, total %.2f s)", job_id, data_seconds, time.perf_counter() - started)
+
+
+def _drop_checkpoints(storage: Storage, job_id: str) -> None:
+    """The ended job's checkpoints go; if the bucket is away just now, the API's sweep removes them later."""
+    try:
+        storage.remove_checkpoints(job_id)
+    except (StorageUnavailable, StorageRefused) as exc:
+        log.warning("job %s: checkpoints not removed (%s); the API's sweep removes them later", job_id, exc)
 
 
 def _step_work(spec: StoredSpec, prepared: Prepared) -> int:
@@ -473,7 +516,7 @@ def _publish(sessions: sessionmaker[Session], storage: Storage, job_id: str, tok
         ensemble=result.info.get("ensemble"))
     staging = storage.temp_dir()
     size = save_model(staging / model_id, result.net, meta)
-    publish(staging / model_id, storage.model_dir(model_id))
+    storage.publish_model(staging / model_id, model_id)
     staging.rmdir()
     train_seconds = sum(row.get("seconds", 0.0) for row in result.history)
     run_info = {**prepared.info, "parameters": count_parameters(result.net),

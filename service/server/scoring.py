@@ -12,20 +12,21 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from torch import nn
 
 from service.server.errors import InvalidInput
 from service.server.predict import ModelCache
 from service.server.tables import Model
 from service.training import ingest
-from service.training import pipeline as P
 from service.training.artifact import ModelMeta
+
+if TYPE_CHECKING:  # torch loads with the first model this process serves
+    from torch import nn
 
 log = logging.getLogger("mlps.api")
 
@@ -49,7 +50,7 @@ def _arrow_type(kind: str) -> pa.DataType:
 class Scorer:
     """A table model's inference over batches: input columns in, input columns plus predictions out."""
 
-    net: nn.Module
+    net: "nn.Module"
     meta: ModelMeta
 
     @property
@@ -60,6 +61,8 @@ class Scorer:
 
     def score(self, batch: pa.RecordBatch) -> pa.Table:
         """The batch's columns (less any clashing with the outputs) followed by the prediction columns."""
+        from service.training import pipeline as P
+
         table = pa.Table.from_batches([batch])
         X = P.inputs_from_table(table.select([f["name"] for f in self.features]), self.meta)
         raw = P.predict_arrays(self.net, self.meta, X)

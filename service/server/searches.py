@@ -38,14 +38,14 @@ from service.schemas import (
     SearchRead,
     TrialRead,
 )
-from service.server import jobs, queue
+from service.server import jobs, queue, webhooks
 from service.server.auth import Principal, can_see
 from service.server.config import Settings
 from service.server.db import session_scope, utcnow
 from service.server.errors import Conflict, InvalidInput, NotFound, ServiceError, TooManyRequests
 from service.server.faults import Backoff
 from service.server.tables import EpochMetric, Job, JobStatus, Search, SearchStatus, SearchTrial, TrialState
-from service.training.metrics import metric_names
+from service.training.tasks import metric_names
 
 log = logging.getLogger("mlps.searches")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -289,6 +289,8 @@ def cancel(*, session: Session, search: Search, settings: Settings) -> Search:
         raise Conflict(f"search {search.id} is already {search.status}; only a running search can be cancelled")
     _stop_trials(session, search)
     drive(session=session, search=search, settings=settings)
+    webhooks.search_finished(session=session, owner=search.owner,
+                             view=to_read(session, search, leaderboard=False))
     return search
 
 
@@ -539,6 +541,9 @@ def _finish(session: Session, search: Search, trials: list[SearchTrial], setting
     session.refresh(search)
     if won and refit:
         _start_refit(session, search, next(t for t in trials if t.number == search.best_trial), settings)
+    if won:
+        webhooks.search_finished(session=session, owner=search.owner,
+                                 view=to_read(session, search, leaderboard=False))
     log.info("search %s %s after %d trials", search.id, search.status, len(trials))
 
 

@@ -242,6 +242,62 @@ class AliasMove(Base):
     moved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class WebhookEndpoint(Base):
+    """An owner's webhook receiver: the URL, the event types it wants and the secret its deliveries are signed
+    with (kept to sign; shown to the owner once, at creation)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(255))
+    secret: Mapped[str] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)  # set when a receiver answered 410 Gone
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookEvent(Base):
+    """The outbox: one event, written in the transaction of the change it reports; body is the JSON text exactly
+    as every attempt sends and signs it."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id header
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDeliveryState(StrEnum):
+    PENDING = "pending"  # due at next_attempt_at; a deliverer holds it while claimed_until is in the future
+    DELIVERED = "delivered"  # terminal: the receiver answered 2xx
+    FAILED = "failed"  # terminal: out of attempts or age, 410 Gone, or the endpoint was disabled
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint, and its attempts: [{attempt, at, status_code, error, duration_ms}]."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=WebhookDeliveryState.PENDING)
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Worker(Base):
     __tablename__ = "workers"
 
@@ -252,3 +308,32 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyState(StrEnum):
+    PENDING = "pending"  # the first request with this key is being processed
+    DONE = "done"  # its response is stored and answers every retry until expires_at
+
+
+class IdempotencyKey(Base):
+    """An owner's Idempotency-Key: the first request's fingerprint (method, path, sha256 of its body) and, once
+    answered, its response. service.server.idempotency reads and writes it."""
+
+    __tablename__ = "idempotency_keys"
+    # The first of several concurrent requests with one key (in any API process) is the one whose insert succeeds.
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_keys_owner_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    token: Mapped[str] = mapped_column(String(32))  # the claim of the request that inserted the row
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(255))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=IdempotencyState.PENDING)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    response_body: Mapped[str | None] = mapped_column(Text)  # the JSON text exactly as it was sent
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # pending: when the request counts as abandoned; done: created_at + the TTL. Past it, the row is no more.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

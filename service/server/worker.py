@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from service.server import queue
+from service.server import cleanup, queue
 from service.server.config import Settings
 from service.server.db import (
     SchemaNotReady,
@@ -26,7 +27,7 @@ from service.server.db import (
 )
 from service.server.devices import Device, accepted_requests, choose, free_devices
 from service.server.faults import HAND_BACK_EXIT, Backoff
-from service.server.storage import Storage
+from service.server.storage import Storage, StorageUnavailable
 from service.server.tables import Job, JobStatus
 from service.server.tables import Worker as WorkerRow
 
@@ -42,9 +43,21 @@ def _context() -> "mp.context.ForkServerContext | mp.context.SpawnContext":  # q
     """Children fork from a server that imported torch once, so a job start does not pay for it again."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["typer", "service.server.preload"])
+        ctx.set_forkserver_preload(["typer", "service.server.preload", *_main_modules()])
         return ctx
     return mp.get_context("spawn")
+
+
+def _main_modules() -> list[str]:
+    """What each child re-runs as its `__main__` before the job starts (multiprocessing does so in every child):
+    `python -m service.cli` runs that module, the `mlps` script imports it. Imported once in the fork server, its
+    imports (the client, the CLI's commands: 0.15 s measured) are already there in every child."""
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    names = ["service.cli"]
+    if spec_name and spec_name.startswith("service.") and spec_name not in names:
+        names.append(spec_name)
+    return names
 
 
 @dataclass
@@ -60,14 +73,22 @@ class Slot:
     time_limit_hit: bool = False
 
 
+# How often a worker on SQLite looks whether the database file changed (a stat of two files: microseconds).
+SQLITE_WATCH_S = 0.01
+
+
 class Wakeup:
-    """Waits for the next poll, or less on PostgreSQL when a NOTIFY says a job was queued. A lost LISTEN
-    connection (the server restarted) falls back to plain polling and reconnects on a later wait."""
+    """Waits for the next poll, or less: on PostgreSQL when a NOTIFY says a job was queued, on SQLite as soon as
+    the database file or its write-ahead log changes (any commit, a new job's included), so that a job queued by
+    the API is claimed within SQLITE_WATCH_S rather than up to a poll interval later. A lost LISTEN connection
+    (the server restarted) falls back to plain polling and reconnects on a later wait."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self.conn: Any = None
         self._retry_at = 0.0
+        self.watched = _sqlite_files(database_url)
+        self._seen: tuple[tuple[int, int], ...] | None = None
         if database_url.startswith("postgresql"):
             self._connect()
 
@@ -87,6 +108,9 @@ class Wakeup:
     def wait(self, timeout: float, stop: threading.Event) -> None:
         if self.conn is None and self.database_url.startswith("postgresql") and time.monotonic() >= self._retry_at:
             self._connect()
+        if self.watched:
+            self._watch(timeout, stop)
+            return
         if self.conn is None:
             stop.wait(timeout)
             return
@@ -99,11 +123,47 @@ class Wakeup:
             self._retry_at = time.monotonic() + 1.0
             stop.wait(timeout)
 
+    def _watch(self, timeout: float, stop: threading.Event) -> None:
+        """Until `timeout`, a stop, or a change of the SQLite files' sizes or modification times since the last
+        wait ended (so that a job queued while the worker was busy between two waits is not missed)."""
+        deadline = time.monotonic() + timeout
+        seen = self._seen if self._seen is not None else _signature(self.watched)
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            now = _signature(self.watched)
+            if left <= 0 or now != seen or stop.wait(min(SQLITE_WATCH_S, left)):
+                break
+        self._seen = _signature(self.watched)
+
     def close(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close()
             self.conn = None
+
+
+def _sqlite_files(database_url: str) -> list[str]:
+    """The database file of a SQLite URL and its write-ahead log; none for other databases or in memory."""
+    if not database_url.startswith("sqlite"):
+        return []
+    from sqlalchemy import make_url
+
+    path = make_url(database_url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return []
+    return [path, path + "-wal"]
+
+
+def _signature(paths: list[str]) -> tuple[tuple[int, int], ...]:
+    """(size, modification time) of each file; (-1, -1) for one that does not exist (yet)."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((-1, -1))
+    return tuple(out)
 
 
 class Worker:
@@ -117,14 +177,20 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
-        self.storage = Storage(settings.data_dir)
+        self.storage = Storage.from_settings(settings)
         self.slots: dict[str, Slot] = {}
         self._stop = threading.Event()
         self._ctx = _context()
         self._last_reap = 0.0
         self._last_beat = 0.0
+        self._last_sweep: float | None = None  # None: this host's leftovers are swept at the first round
         self._started = False
         self._space_warned = False
+        # After a job was handed back (the bucket or the database failed under it), the storage is checked before
+        # the next claim, with backoff: no claim-and-hand-back loop while the bucket is away.
+        self._storage_suspect = False
+        self._storage_backoff = Backoff(first_s=1.0, cap_s=30.0)
+        self._storage_retry_at = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -214,8 +280,26 @@ class Worker:
             self._last_beat = now
             with session_scope(self.sessions) as s:
                 s.execute(update(WorkerRow).where(WorkerRow.id == self.id).values(heartbeat_at=utcnow()))
+        if self._last_sweep is None or now - self._last_sweep >= self.settings.sweep_every_s:
+            self._last_sweep = now
+            self.sweep()
         while not self._stop.is_set() and self._claim() is not None:
             pass
+
+    def sweep(self) -> cleanup.Swept:
+        """Remove what killed jobs and uploads left on this host's disk (tmp/, checkpoints/ of jobs that run
+        nowhere); a failure is logged, the next sweep tries again."""
+        try:
+            with session_scope(self.sessions) as s:
+                swept = cleanup.sweep_host(session=s, storage=self.storage, running_here=set(self.slots),
+                                           max_age_s=self.settings.temp_max_age_s)
+        except Exception as exc:
+            log.warning("worker %s: sweeping its leftovers failed (%s: %s)", self.id, type(exc).__name__, exc)
+            return cleanup.Swept()
+        if swept.temp_files or swept.checkpoint_dirs:
+            log.info("worker %s removed %d temporary file(s) and %d local checkpoint folder(s) (%.1f MB)", self.id,
+                     swept.temp_files, swept.checkpoint_dirs, swept.bytes_freed / 1e6)
+        return swept
 
     def shutdown(self) -> None:
         """Stop every child and hand its job back to the queue without counting the attempt."""
@@ -258,9 +342,29 @@ class Worker:
         self._space_warned = True
         return False
 
+    def _storage_ok(self) -> bool:
+        """False while the storage that failed a job is still unreachable (checked at most once per backoff step)."""
+        if not self._storage_suspect:
+            return True
+        now = time.monotonic()
+        if now < self._storage_retry_at:
+            return False
+        try:
+            self.storage.check()
+        except StorageUnavailable as exc:
+            delay = self._storage_backoff.failed()
+            if self._storage_backoff.failures == 1:
+                log.warning("%s; claiming no job until it answers (checking again with backoff)", exc)
+            self._storage_retry_at = now + delay
+            return False
+        if self._storage_backoff.succeeded():
+            log.info("storage %s answers again; claiming jobs again", self.storage.url)
+        self._storage_suspect = False
+        return True
+
     def _claim(self) -> queue.Claim | None:
         free = self._free_devices()
-        if not free or not self._space_left():
+        if not free or not self._space_left() or not self._storage_ok():
             return None
         with session_scope(self.sessions) as s:
             claim = queue.claim_next_job(session=s, worker_id=self.id, device_requests=accepted_requests(free),
@@ -326,6 +430,7 @@ class Worker:
                     queue.finish_cancelled(session=s, job_id=job_id, token=token)
                 elif slot.process.exitcode == HAND_BACK_EXIT:
                     queue.release(session=s, job_id=job_id, token=token)
+                    self._storage_suspect = True
                     log.info("job %s handed back to the queue: it resumes from its last checkpoint", job_id)
                 elif slot.time_limit_hit:
                     queue.fail(session=s, job_id=job_id, token=token,

@@ -5,18 +5,20 @@ import os
 import platform
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow
 import safetensors
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 import service
-from service.training.nets import build_for
+
+# torch is imported where weights are read or written, not with this module: the API reads model metadata
+# without loading torch, which it needs only once it serves a model.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
@@ -24,6 +26,8 @@ FORMAT_VERSION = 2
 
 
 def library_versions() -> dict[str, str]:
+    import torch
+
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "pyarrow": pyarrow.__version__, "safetensors": safetensors.__version__,
             "mlp_service": service.__version__}
@@ -79,8 +83,10 @@ def read_meta(doc: dict[str, Any]) -> ModelMeta:
     return ModelMeta.model_validate({**doc, "format_version": FORMAT_VERSION})
 
 
-def save_model(folder: Path, net: nn.Module, meta: ModelMeta) -> int:
+def save_model(folder: Path, net: "nn.Module", meta: ModelMeta) -> int:
     """Write weights and metadata into `folder` (which must not exist yet); returns the bytes written."""
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     save_file(state, folder / WEIGHTS)
@@ -92,8 +98,12 @@ def load_meta(folder: Path) -> ModelMeta:
     return read_meta(json.loads((folder / META).read_text()))
 
 
-def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, ModelMeta]:
+def load_model(folder: Path, device: str = "cpu") -> tuple["nn.Module", ModelMeta]:
     """Rebuild the network from the JSON spec and fill it from the safetensors weights."""
+    from safetensors.torch import load_file
+
+    from service.training.nets import build_for
+
     meta = load_meta(folder)
     model = meta.model
     if model.type == "ensemble":
@@ -111,8 +121,10 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[nn.Module, ModelMeta]
 _TENSOR, _ITEMS = "__tensor__", "__items__"
 
 
-def _split(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+def _split(obj: Any, tensors: dict[str, "torch.Tensor"], path: str) -> Any:
     """Replace every tensor in a nested structure by a reference, collecting the tensors."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         tensors[path] = obj.detach().to("cpu").contiguous().clone()
         return {_TENSOR: path}
@@ -127,7 +139,7 @@ def _split(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
     raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {path}")
 
 
-def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _join(obj: Any, tensors: dict[str, "torch.Tensor"]) -> Any:
     if isinstance(obj, dict):
         if set(obj) == {_TENSOR}:
             return tensors[obj[_TENSOR]]
@@ -141,6 +153,8 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_checkpoint(folder: Path, name: str, state: Any, extra: dict[str, Any]) -> None:
     """Write `state` (a dataclass of tensors and plain values) as NAME.safetensors + NAME.json, atomically."""
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _split(dict(state.__dict__), tensors, "s")
@@ -153,6 +167,8 @@ def save_checkpoint(folder: Path, name: str, state: Any, extra: dict[str, Any]) 
 
 def load_checkpoint(folder: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state fields, extra) of a checkpoint written by save_checkpoint."""
+    from safetensors.torch import load_file
+
     doc = json.loads((folder / f"{name}.json").read_text())
     tensors = load_file(folder / f"{name}.safetensors")
     state = _join(doc.pop("state"), tensors)

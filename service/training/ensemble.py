@@ -162,9 +162,16 @@ class MemberAdamW:
         updates = torch._foreach_div(ms, denoms)
         decay = 1 - self.lr * self.weight_decay
         step_size = self.lr / bc1
-        for p, update in zip(params, updates, strict=True):
-            shape = (-1, *[1] * (p.dim() - 1))
-            p.mul_(decay.view(shape)).addcmul_(update, step_size.view(shape), value=-1)
+        # One foreach call each for the decay and the step, the per-member factors viewed once per rank (every
+        # parameter of an EnsembleNet is [K, ·, ·]): the same products as a loop over the parameters, in fewer ops.
+        views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for p in params:
+            if p.dim() not in views:
+                shape = (-1, *[1] * (p.dim() - 1))
+                views[p.dim()] = decay.view(shape), step_size.view(shape)
+        tensors: list[torch.Tensor] = [*params]
+        torch._foreach_mul_(tensors, [views[p.dim()][0] for p in params])
+        torch._foreach_addcmul_(tensors, updates, [views[p.dim()][1] for p in params], value=-1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "exp_avg": list(self.exp_avg), "exp_avg_sq": list(self.exp_avg_sq),
@@ -439,6 +446,7 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
     n_classes = data.n_classes
     classify = data.task == "classification"
     net.train()
+    weighted = task.weight is not None and data.task == "classification"
     steps = math.ceil(len(pool.trainable) / cfg.batch_size)
     for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
@@ -450,7 +458,8 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
         for step, start in enumerate(range(0, len(perm), cfg.batch_size), 1):
             idx = perm[start:start + cfg.batch_size]
             out = net(pool.X[idx])
-            mask = pool.train_mask[:, idx] * pool.row_weight[idx]
+            # without class weights every row weighs 1: the mask alone (a product by 1 changes no bit)
+            mask = pool.train_mask[:, idx] * pool.row_weight[idx] if weighted else pool.train_mask[:, idx]
             denom = mask.sum(1)
             per_member = (row_losses(out, pool.Y[idx], data.task, n_classes) * mask).sum(1) / denom.clamp_min(1e-12)
             optimizer.zero_grad()

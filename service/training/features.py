@@ -61,16 +61,8 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
             if len(strings) == 0:
                 raise DataError(f"feature '{name}' has no values in the training rows", column=name)
             counts = pc.value_counts(strings)
-            values = counts.field("values").to_pylist()
-            freq = counts.field("counts").to_pylist()
-            most = min(zip(values, freq, strict=True), key=lambda vc: (-vc[1], vc[0]))[0]
-            # A level seen in fewer rows than min_category_rows cannot generalise (one seen once names its row,
-            # like an identifier): such levels share the all-zero "other" encoding, as unseen levels do.
-            kept = [(v, c) for v, c in zip(values, freq, strict=True) if c >= encoding.min_category_rows]
-            if len(kept) > MAX_CATEGORY_LEVELS:  # the most frequent levels; the rest share "other"
-                kept = sorted(kept, key=lambda vc: (-vc[1], vc[0]))[:MAX_CATEGORY_LEVELS]
-            kept = sorted(v for v, _ in kept)
-            out.append({"name": name, "kind": "categorical", "categories": kept, "fill": most})
+            out.append(categorical_item(name, counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                                        encoding))
         else:
             values = _numeric(col)
             finite = values[~np.isnan(values)]
@@ -78,20 +70,41 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
                 raise DataError(f"feature '{name}' has no numeric values in the training rows", column=name)
             median = float(np.median(finite))
             filled = np.where(np.isnan(values), median, values)
-            std = float(filled.std())
-            item: dict[str, Any] = {"name": name, "kind": kinds[name], "fill": median,
-                                    "mean": float(filled.mean()), "scale": std if std > 1e-12 else 1.0}
-            if encoding.missing_indicators and finite.size < values.size:
-                item["missing_indicator"] = True
-            if encoding.bins and kinds[name] == "numeric":
-                # Piecewise-linear encoding (Gorishniy et al., "On embeddings for numerical features in tabular
-                # deep learning", 2022): one input per quantile bin, 0 below it, 1 above it, linear inside, so
-                # that a network can bend its answer at the data's own thresholds as a tree does.
-                edges = np.unique(np.quantile(finite, np.linspace(0, 1, encoding.bins + 1)))
-                if len(edges) >= 3:
-                    item["bins"] = edges.tolist()
-            out.append(item)
+            edges = (np.quantile(finite, np.linspace(0, 1, encoding.bins + 1))
+                     if encoding.bins and kinds[name] == "numeric" else None)
+            out.append(numeric_item(name, kinds[name], median, float(filled.mean()), float(filled.std()),
+                                    finite.size < values.size, edges, encoding))
     return {"features": out, "n_inputs": sum(_input_width(f) for f in out)}
+
+
+def categorical_item(name: str, values: list[Any], freq: list[int], encoding: Encoding) -> dict[str, Any]:
+    """A categorical feature's parameters from its levels and their counts in the training rows."""
+    most = min(zip(values, freq, strict=True), key=lambda vc: (-vc[1], vc[0]))[0]
+    # A level seen in fewer rows than min_category_rows cannot generalise (one seen once names its row,
+    # like an identifier): such levels share the all-zero "other" encoding, as unseen levels do.
+    kept = [(v, c) for v, c in zip(values, freq, strict=True) if c >= encoding.min_category_rows]
+    if len(kept) > MAX_CATEGORY_LEVELS:  # the most frequent levels; the rest share "other"
+        kept = sorted(kept, key=lambda vc: (-vc[1], vc[0]))[:MAX_CATEGORY_LEVELS]
+    return {"name": name, "kind": "categorical", "categories": sorted(v for v, _ in kept), "fill": most}
+
+
+def numeric_item(name: str, kind: str, median: float, mean: float, std: float, has_missing: bool,
+                 quantiles: NDArray[np.float64] | None, encoding: Encoding) -> dict[str, Any]:
+    """A numeric feature's parameters: the median fills missing values, then (mean, std) of the filled values
+    standardise; `quantiles` (at 0, 1/bins, ..., 1 of the present values) give the bins, when the encoding has
+    them."""
+    item: dict[str, Any] = {"name": name, "kind": kind, "fill": median, "mean": mean,
+                            "scale": std if std > 1e-12 else 1.0}
+    if encoding.missing_indicators and has_missing:
+        item["missing_indicator"] = True
+    if quantiles is not None:
+        # Piecewise-linear encoding (Gorishniy et al., "On embeddings for numerical features in tabular
+        # deep learning", 2022): one input per quantile bin, 0 below it, 1 above it, linear inside, so
+        # that a network can bend its answer at the data's own thresholds as a tree does.
+        edges = np.unique(quantiles)
+        if len(edges) >= 3:
+            item["bins"] = edges.tolist()
+    return item
 
 
 def _fit_datetime(name: str, col: pa.ChunkedArray, layout: str, encoding: Encoding) -> dict[str, Any]:

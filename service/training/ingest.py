@@ -9,9 +9,12 @@ import errno
 import io
 import math
 import os
+import queue
 import re
+import threading
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,8 +34,13 @@ SNIFF_BYTES = 64 * 1024
 # memory near 20 MB above the process's own (8 MiB blocks: about 120 MB) at the same speed.
 CSV_BLOCK_BYTES = 1 << 20
 HEADER_SCAN_BYTES = 64 << 20  # how far the column count looks for the end of the header row
-# Rows per Parquet row group: one per CSV block would make thousands of tiny groups, slow to read back.
+# Rows per Parquet row group: one per CSV block would make thousands of tiny groups, slow to read back. A wide
+# table closes its group earlier, at ROW_GROUP_BYTES of Arrow data, so that a group (what a reader of the stored
+# file holds at once) stays within tens of megabytes whatever the column count.
 ROW_GROUP_ROWS = 65_536
+ROW_GROUP_BYTES = 64 << 20
+# Parsed blocks the reader thread may hold ahead of the writer: enough to keep both busy, few enough to bound memory.
+PREFETCH_BLOCKS = 8
 DELIMITERS = (",", "\t", ";", "|")
 # An integer target with at most this many distinct values is taken for class labels.
 MAX_CLASSES_FOR_INT_TARGET = 20
@@ -344,14 +352,68 @@ def _csv_batches(path: Path, dialect: Dialect,
     return reader.schema.names, reader
 
 
+_END = object()
+
+
+def _prefetched(batches: Iterable[pa.RecordBatch], depth: int = PREFETCH_BLOCKS) -> Iterator[pa.RecordBatch]:
+    """The batches, parsed ahead in a thread of their own: pyarrow parses without the GIL, so parsing the next
+    blocks overlaps converting, summarising and writing this one. An error while parsing is raised here, in order."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def parse() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+
+    thread = threading.Thread(target=parse, name="ingest-parse", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _write_batches(names: list[str], batches: Iterable[pa.RecordBatch], dest: Path, max_columns: int,
-                   max_rows: int | None, grouped: dict[str, str] | None = None, decimal: str = ".") -> int:
+                   max_rows: int | None, grouped: dict[str, str] | None = None,
+                   decimal: str = ".") -> tuple[int, "_Summaries | None"]:
+    """Write the batches to `dest` as Parquet and summarise every row group as it is written: the row count and
+    the summaries (None without rows)."""
     check_header(names, max_columns)
     writer = None
+    summaries: _Summaries | None = None
     n_rows = 0
     pending: list[pa.RecordBatch] = []  # small CSV blocks gathered into row groups of ROW_GROUP_ROWS
+    pending_rows = pending_bytes = 0
+
+    def flush() -> None:
+        assert writer is not None and summaries is not None
+        group = pa.Table.from_batches(pending)
+        writer.write_table(group)
+        summaries.add(group)
+
     try:
-        for batch in batches:
+        for batch in _prefetched(batches):
             _stop_if_cancelled()
             if grouped:
                 batch = pa.RecordBatch.from_arrays(
@@ -359,22 +421,27 @@ def _write_batches(names: list[str], batches: Iterable[pa.RecordBatch], dest: Pa
                      for f, arr in zip(batch.schema, batch.columns, strict=True)], names=batch.schema.names)
             batch = _normalise_batch(batch)
             if writer is None:
-                writer = pq.ParquetWriter(dest, batch.schema, compression="zstd")
+                # Dictionary pages pay off for repeated text; for numbers they cost more time than they save space.
+                text = [f.name for f in batch.schema if pa.types.is_string(f.type)]
+                writer = pq.ParquetWriter(dest, batch.schema, compression="zstd", use_dictionary=text)
+                summaries = _Summaries(batch.schema)
             elif batch.schema != writer.schema:
                 batch = batch.cast(writer.schema)
             pending.append(batch)
             n_rows += batch.num_rows
+            pending_rows += batch.num_rows
+            pending_bytes += batch.nbytes
             if max_rows is not None and n_rows > max_rows:
                 raise DataError(f"the file has more than {max_rows:,} rows, the most this server accepts")
-            if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
-                writer.write_table(pa.Table.from_batches(pending))
-                pending = []
+            if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= ROW_GROUP_BYTES:
+                flush()
+                pending, pending_rows, pending_bytes = [], 0, 0
         if pending and writer is not None:
-            writer.write_table(pa.Table.from_batches(pending))
+            flush()
     finally:
         if writer is not None:
             writer.close()
-    return n_rows
+    return n_rows, summaries
 
 
 def _header_fields(path: Path, delimiter: str) -> int | None:
@@ -390,9 +457,10 @@ def _header_fields(path: Path, delimiter: str) -> int | None:
     return None if b'"' in header else header.count(delimiter.encode()) + 1
 
 
-def _write_csv(path: Path, dialect: Dialect, dest: Path, max_columns: int, max_rows: int | None) -> tuple[int, Dialect]:
-    """Parse a text table into Parquet; the row count and the dialect as finally read (a column taken for grouped
-    numbers may turn out text; quoted line breaks may show after the sniffed part)."""
+def _write_csv(path: Path, dialect: Dialect, dest: Path, max_columns: int,
+               max_rows: int | None) -> tuple[int, "_Summaries | None", Dialect]:
+    """Parse a text table into Parquet; the row count, the summaries and the dialect as finally read (a column taken
+    for grouped numbers may turn out text; quoted line breaks may show after the sniffed part)."""
     # Count a very wide header before pyarrow builds a reader with a column per field (seconds per 100 000).
     width = _header_fields(path, dialect.delimiter) if dialect.encoding == "utf-8" else None
     if width is not None and width > max_columns:
@@ -405,8 +473,8 @@ def _write_csv(path: Path, dialect: Dialect, dest: Path, max_columns: int, max_r
     for _ in range(3 * max_columns + 3):
         try:
             names, reader = _csv_batches(path, dialect, column_types)
-            n_rows = _write_batches(names, reader, dest, max_columns, max_rows, grouped, dialect.decimal)
-            return n_rows, replace(dialect, thousands=tuple(grouped.items()))
+            n_rows, summaries = _write_batches(names, reader, dest, max_columns, max_rows, grouped, dialect.decimal)
+            return n_rows, summaries, replace(dialect, thousands=tuple(grouped.items()))
         except _NotGrouped as exc:
             del grouped[exc.column]
         except pa.ArrowInvalid as exc:
@@ -426,11 +494,11 @@ def _write_csv(path: Path, dialect: Dialect, dest: Path, max_columns: int, max_r
     raise DataError("the file's column types could not be determined")
 
 
-def _write_parquet(path: Path, dest: Path, max_columns: int, max_rows: int | None) -> int:
+def _write_parquet(path: Path, dest: Path, max_columns: int, max_rows: int | None) -> tuple[int, "_Summaries | None"]:
     try:
         src = pq.ParquetFile(path)
         names = src.schema_arrow.names
-        return _write_batches(names, src.iter_batches(batch_size=65536), dest, max_columns, max_rows)
+        return _write_batches(names, src.iter_batches(batch_size=ROW_GROUP_ROWS), dest, max_columns, max_rows)
     except (pa.ArrowInvalid, OSError) as exc:
         if disk_full(exc):
             raise
@@ -495,13 +563,17 @@ def summarise_column(name: str, col: pa.ChunkedArray, n_rows: int | None = None)
 def _top_values(col: pa.ChunkedArray) -> list[dict[str, Any]]:
     """The TOP_VALUES most frequent values, the most frequent first (equal counts: by their text)."""
     counts = pc.value_counts(col.drop_null())
-    if not len(counts):
+    return _top_of_counts(counts.field("values"), counts.field("counts").to_numpy())
+
+
+def _top_of_counts(distinct: pa.Array, n: NDArray[Any]) -> list[dict[str, Any]]:
+    """`_top_values` from each distinct value and its count."""
+    if not len(n):
         return []
-    n = counts.field("counts").to_numpy()
     k = min(TOP_VALUES, len(n))
     kth = np.partition(n, len(n) - k)[len(n) - k]
     candidates = np.nonzero(n >= kth)[0]  # every value that can be among the first k: few, unless counts tie
-    values = counts.field("values").take(pa.array(candidates))
+    values = distinct.take(pa.array(candidates))
     if len(candidates) > 64:  # many ties (an identifier: every count 1): let Arrow order them by text
         order = pc.sort_indices(pa.table({"count": pa.array(-n[candidates]), "text": pc.cast(values, pa.string())}),
                                 sort_keys=[("count", "ascending"), ("text", "ascending")]).to_numpy()[:k]
@@ -518,20 +590,27 @@ def _iso(seconds: float) -> str:
     return text.removesuffix("T00:00:00")
 
 
-def _looks_like_row_numbers(col: pa.ChunkedArray, n_unique: int) -> bool:
+def _looks_like_row_numbers(lo: int, hi: int, n_unique: int) -> bool:
     """0, 1, 2, … or 1, 2, 3, … in some order (years 1959, 1960, … count too, but they are a quantity)."""
-    lo, hi = pc.min_max(col).values()
-    return lo.as_py() in (0, 1) and hi.as_py() - lo.as_py() == n_unique - 1
+    return lo in (0, 1) and hi - lo == n_unique - 1
 
 
 def _number_kind(name: str, col: pa.ChunkedArray, n_unique: int) -> tuple[str, str]:
-    n = len(col)
-    dtype = "integers" if pa.types.is_integer(col.type) else "decimal numbers"
-    if (pa.types.is_integer(col.type) and n >= IDENTIFIER_MIN_ROWS and col.null_count == 0 and n_unique == n
-            and (_ID_NAME.search(name.strip()) or _looks_like_row_numbers(col, n_unique))):
+    if not pa.types.is_integer(col.type) or col.null_count or len(col) == 0:
+        return _kind_of_numbers(name, col.type, len(col), col.null_count, n_unique, 0, 0)
+    lo, hi = pc.min_max(col).values()
+    return _kind_of_numbers(name, col.type, len(col), col.null_count, n_unique, lo.as_py(), hi.as_py())
+
+
+def _kind_of_numbers(name: str, dtype: pa.DataType, n: int, n_null: int, n_unique: int, lo: int,
+                     hi: int) -> tuple[str, str]:
+    """A number column's kind and why, from its counts and (integers) its least and greatest value."""
+    integers = pa.types.is_integer(dtype)
+    if (integers and n >= IDENTIFIER_MIN_ROWS and n_null == 0 and n_unique == n
+            and (_ID_NAME.search(name.strip()) or _looks_like_row_numbers(lo, hi, n_unique))):
         why = "its name says so" if _ID_NAME.search(name.strip()) else "they count the rows"
         return "identifier", f"identifier: {n_unique} distinct integers in {n} rows, and {why}"
-    return "numeric", f"numeric: {dtype}"
+    return "numeric", f"numeric: {'integers' if integers else 'decimal numbers'}"
 
 
 def _text_kind(col: pa.ChunkedArray, n_unique: int) -> dict[str, Any]:
@@ -634,12 +713,12 @@ def _ingest(src: Path, dest: Path, *, max_columns: int, max_rows: int | None,
         return ingest_arrays(src, dest.with_suffix(".npz"), max_rows=max_rows, max_array_bytes=max_array_bytes)
     try:
         if dialect is None:
-            n_rows = _write_parquet(src, dest, max_columns, max_rows)
+            n_rows, summaries = _write_parquet(src, dest, max_columns, max_rows)
         else:
-            n_rows, dialect = _write_csv(src, dialect, dest, max_columns, max_rows)
-        if n_rows == 0:
+            n_rows, summaries, dialect = _write_csv(src, dialect, dest, max_columns, max_rows)
+        if n_rows == 0 or summaries is None:
             raise DataError("the file has a header but no data rows")
-        columns = _summaries(dest, n_rows)
+        columns = summaries.finish(dest, n_rows)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
@@ -677,15 +756,177 @@ def _passes(parquet: pq.ParquetFile) -> list[list[str]]:
     return passes
 
 
-def _summaries(path: Path, n_rows: int) -> list[dict[str, Any]]:
+def _summaries(path: Path, n_rows: int, only: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The summaries of the stored file's columns (or of those in `only`), read back a few columns at a time."""
     parquet = pq.ParquetFile(path)
-    out: list[dict[str, Any]] = []
+    out: dict[str, dict[str, Any]] = {}
     for names in _passes(parquet):
+        names = [n for n in names if only is None or n in only]
+        if not names:
+            continue
         _stop_if_cancelled()
         part = parquet.read(columns=names)
-        out.extend(summarise_column(name, part.column(name), n_rows) for name in part.column_names)
+        out.update((name, summarise_column(name, part.column(name), n_rows)) for name in part.column_names)
         del part
     return out
+
+
+# What the summaries may hold of the values while the file is written (the distinct values of each number column,
+# the text columns whole). Past it the largest column is dropped: a number column keeps its counts and moments and
+# reads back only its own values from the stored file for the distinct count; a text column is summarised from the
+# stored file as in `_summaries`. So the memory an upload takes stays bounded whatever its size.
+SUMMARY_HELD_BYTES = 16 << 20
+RECOUNT_THREADS = 2
+# Sorted runs of distinct values a number column gathers before they are merged into one (which shrinks a column
+# of few distinct values to one short run).
+RUNS_BEFORE_MERGE = 8
+
+
+def _merge_runs(runs: list[NDArray[Any]], counts: list[NDArray[Any]] | None,
+                sorted_runs: bool = True) -> tuple[NDArray[Any], NDArray[Any] | None]:
+    """Sorted runs of distinct values (or any values, `sorted_runs` False) as one sorted run of distinct values
+    (and their counts summed)."""
+    values = np.concatenate(runs)
+    if counts is None:
+        # Timsort merges sorted runs in a few passes; unsorted values sort faster by the default kind.
+        ordered = np.sort(values, kind="stable" if sorted_runs else None)
+        keep = np.empty(ordered.size, dtype=bool)
+        keep[:1] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+        return ordered[keep], None
+    order = np.argsort(values, kind="stable")
+    ordered, n = values[order], np.concatenate(counts)[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1]))) if ordered.size else \
+        np.zeros(0, dtype=np.intp)
+    return ordered[starts], np.add.reduceat(n, starts) if starts.size else n
+
+
+class _ColumnSummary:
+    """One column's summary built from its row groups as they are written: counts and moments of numbers, their
+    distinct values as sorted runs (integers with counts, for the top values), text columns' values whole."""
+
+    def __init__(self, name: str, dtype: pa.DataType) -> None:
+        self.name, self.dtype = name, dtype
+        self.numeric = pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+        self.rows = self.nulls = self.nan = self.infinite = 0
+        self.finite, self.mean, self.m2 = 0, 0.0, 0.0  # count, mean and squared deviations of the finite values
+        self.lo, self.hi = math.inf, -math.inf
+        self.runs: list[NDArray[Any]] = []
+        self.counts: list[NDArray[Any]] | None = [] if pa.types.is_integer(dtype) else None
+        self.chunks: list[pa.Array] = []  # other columns: their values, summarised whole at the end
+        self.held = 0
+        self.dropped = False
+
+    def add(self, col: pa.ChunkedArray) -> None:
+        self.rows += len(col)
+        self.nulls += col.null_count
+        if not self.numeric:
+            if self.dropped:
+                return
+            self.chunks.extend(col.chunks)
+            self.held += col.nbytes
+            return
+        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        nan = np.isnan(values)
+        self.nan += int(nan.sum()) - col.null_count
+        ok = np.isfinite(values)
+        self.infinite += int(values.size - ok.sum() - nan.sum())
+        finite = values[ok]
+        if finite.size:
+            n, mean = finite.size, float(finite.mean())
+            m2 = float(np.square(finite - mean).sum())
+            delta, total = mean - self.mean, self.finite + n
+            self.mean += delta * n / total
+            self.m2 += m2 + delta * delta * self.finite * n / total
+            self.finite = total
+            self.lo, self.hi = min(self.lo, float(finite.min())), max(self.hi, float(finite.max()))
+        if self.dropped:  # its distinct values are counted from the stored file
+            return
+        self._add_distinct(col)
+        if len(self.runs) >= RUNS_BEFORE_MERGE:
+            merged, merged_counts = _merge_runs(self.runs, self.counts)
+            self.runs = [merged]
+            self.counts = None if merged_counts is None else [merged_counts]
+        self.held = sum(r.nbytes for r in self.runs) + sum(c.nbytes for c in self.counts or [])
+
+    def _add_distinct(self, col: pa.ChunkedArray) -> None:
+        """The distinct values of a number column's rows as one more sorted run (integers: with their counts)."""
+        present = col.drop_null().to_numpy() if col.null_count else col.to_numpy()
+        if present.dtype.kind == "f":  # bit patterns, as `_count_distinct` counts them
+            present = np.where(np.isnan(present), np.array(np.nan, present.dtype), present).view(
+                f"i{present.itemsize}")
+        if self.counts is None:
+            run, _ = _merge_runs([present], None, sorted_runs=False)
+            self.runs.append(run)
+        else:
+            run, n_run = np.unique(present, return_counts=True)
+            self.runs.append(run)
+            self.counts.append(n_run)
+
+    def recount(self, path: Path) -> dict[str, Any]:
+        """The summary of a dropped number column: its moments from the pass, its distinct values (what did not fit)
+        from the stored file, this column alone."""
+        self.counts = [] if pa.types.is_integer(self.dtype) else None
+        self._add_distinct(pq.ParquetFile(path).read(columns=[self.name]).column(0))
+        summary = self.finish(self.rows)
+        self.runs, self.counts = [], None
+        return summary
+
+    def drop(self) -> None:
+        """Hold nothing more: the column is summarised from the stored file instead."""
+        self.dropped = True
+        self.runs, self.counts, self.chunks, self.held = [], None, [], 0
+
+    def finish(self, n_rows: int) -> dict[str, Any]:
+        """The summary `summarise_column` gives for the whole column."""
+        if not self.numeric:
+            return summarise_column(self.name, pa.chunked_array(self.chunks, type=self.dtype), n_rows)
+        distinct, counts = _merge_runs(self.runs, self.counts) if self.runs else (np.zeros(0, dtype=np.int64), None)
+        n_unique = int(distinct.size)
+        integers = pa.types.is_integer(self.dtype)
+        lo, hi = (int(distinct[0]), int(distinct[-1])) if integers and n_unique else (0, 0)
+        kind, reason = _kind_of_numbers(self.name, self.dtype, self.rows, self.nulls, n_unique, lo, hi)
+        stats: dict[str, Any] = {"n_infinite": self.infinite}
+        if self.finite:
+            stats.update(min=self.lo, max=self.hi, mean=self.mean, std=math.sqrt(max(self.m2, 0.0) / self.finite))
+        if integers and counts is not None:
+            top = _top_of_counts(pa.array(distinct, type=self.dtype), counts)
+            if top:
+                stats["top"] = top
+        return {"name": self.name, "dtype": str(self.dtype), "kind": kind, "reason": reason,
+                "n_missing": self.nulls + self.nan, "n_unique": n_unique, "stats": _finite(stats)}
+
+
+class _Summaries:
+    """Every column's `_ColumnSummary`, within SUMMARY_HELD_BYTES together."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.columns = [_ColumnSummary(f.name, f.type) for f in schema]
+
+    def add(self, group: pa.Table) -> None:
+        for summary, col in zip(self.columns, group.columns, strict=True):
+            summary.add(col)
+        held = sum(c.held for c in self.columns)
+        while held > SUMMARY_HELD_BYTES:
+            largest = max(self.columns, key=lambda c: c.held)
+            held -= largest.held
+            largest.drop()
+
+    def finish(self, path: Path, n_rows: int) -> list[dict[str, Any]]:
+        """The summaries in column order; those of dropped columns read back from the stored file at `path`."""
+        dropped = {c.name for c in self.columns if c.dropped and not c.numeric}
+        again = _summaries(path, n_rows, dropped) if dropped else {}
+        # A dropped number column is read back alone for its distinct values, two at a time (reading and sorting
+        # release the GIL), so that memory holds two columns, not the table.
+        numbers = [c for c in self.columns if c.dropped and c.numeric]
+        _stop_if_cancelled()
+        with ThreadPoolExecutor(max_workers=RECOUNT_THREADS) as pool:
+            again.update(zip((c.name for c in numbers), pool.map(lambda c: c.recount(path), numbers), strict=True))
+        out = []
+        for c in self.columns:
+            _stop_if_cancelled()
+            out.append(again[c.name] if c.dropped else c.finish(n_rows))
+        return out
 
 
 # ---------------------------------------------------------------- warnings

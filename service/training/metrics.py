@@ -3,23 +3,10 @@
 import torch
 from torch.nn import functional as F
 
-# The figures each task computes per split, and those early stopping may monitor.
-METRICS = {
-    "classification": ["loss", "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
-                       "auroc", "log_loss"],
-    "regression": ["loss", "mse", "rmse", "mae", "r2"],
-    "autoencoder": ["loss"],
-}
-MONITORED = {
-    "classification": ["loss", "accuracy", "balanced_accuracy", "f1_macro", "auroc"],
-    "regression": ["loss", "rmse", "mae", "r2"],
-    "autoencoder": ["loss"],
-}
-
-
-def metric_names(task: str, *, split: str = "val") -> list[str]:
-    """The metrics early stopping can monitor for a task, as named in an epoch's row (e.g. val_accuracy)."""
-    return [f"{split}_{name}" for name in MONITORED[task]]
+# The figures each task computes per split, and those early stopping may monitor (torch-free, in `tasks`).
+from service.training.tasks import METRICS as METRICS
+from service.training.tasks import MONITORED as MONITORED
+from service.training.tasks import metric_names as metric_names
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from service.training.tasks import output_width as output_width  # torch-free, shared with the API
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
@@ -177,13 +179,15 @@ class EnsembleNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         last = len(self.layers) - 1
+        # the rates and their complements once per pass, not per layer (a tiny step is mostly such small ops)
+        p = self.dropout.view(-1, 1, 1) if self.training and bool((self.dropout > 0).any()) else None
+        kept = 1 - p if p is not None else None
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < last:
                 h = self.activation(h)
-                if self.training and bool((self.dropout > 0).any()):
-                    p = self.dropout.view(-1, 1, 1)
-                    h = h * (torch.rand_like(h) >= p) / (1 - p)
+                if p is not None:
+                    h = h * (torch.rand_like(h) >= p) / kept
         if self.skip is not None:
             h = h + self.skip(x)
         return h
@@ -201,16 +205,6 @@ class EnsembleNet(nn.Module):
 def build_ensemble(n_inputs: int, n_outputs: int, members: int, hidden_layers: tuple[int, ...], activation: str,
                    linear_skip: bool) -> EnsembleNet:
     return EnsembleNet(n_inputs, n_outputs, members, hidden_layers, activation, linear_skip)
-
-
-def output_width(task: str, *, n_inputs: int, n_classes: int = 0, n_targets: int = 1) -> int:
-    """How many outputs a network has: one logit for two classes, one per class beyond; one per regression target;
-    an autoencoder reproduces its inputs."""
-    if task == "classification":
-        return 1 if n_classes == 2 else n_classes
-    if task == "autoencoder":
-        return n_inputs
-    return n_targets
 
 
 def build_for(model: Any, n_inputs: int, n_outputs: int) -> nn.Module:

@@ -40,6 +40,8 @@ class Prepared:
     info: dict[str, Any]
     X_test: NDArray[np.float32]
     y_test: NDArray[Any] | None
+    # streaming.TrainStream of the training rows when they are streamed (data.X_train then holds no rows)
+    stream: Any = None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,12 @@ OPERATIONS = {
     ("PUT", "/registry/{name}/aliases/{alias}"): Client.move_alias,
     ("GET", "/registry/{name}/aliases/{alias}"): Client.alias,
     ("GET", "/registry/{name}/aliases/{alias}/history"): Client.alias_history,
+    ("POST", "/webhooks"): Client.create_webhook,
+    ("GET", "/webhooks"): Client.webhooks,
+    ("GET", "/webhooks/{webhook_id}"): Client.webhook,
+    ("PATCH", "/webhooks/{webhook_id}"): Client.update_webhook,
+    ("POST", "/webhooks/{webhook_id}/test"): Client.test_webhook,
+    ("GET", "/webhooks/{webhook_id}/deliveries"): Client.webhook_deliveries,
 }
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 

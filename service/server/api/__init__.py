@@ -19,6 +19,7 @@ from service.server.api import (
     scoring,
     searches,
     system,
+    webhooks,
     workers,
 )
 from service.server.api.deps import get_principal
@@ -32,6 +33,7 @@ from service.server.predict import ModelCache
 from service.server.searches import Driver as SearchDriver
 from service.server.storage import Storage
 from service.server.web import install as install_web
+from service.server.webhooks import Deliverer
 
 
 def operation_id(route: APIRoute) -> str:
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         require_schema_at_head(app.state.engine)
-        app.state.storage.ensure()
+        app.state.storage.check()  # a missing or unreachable bucket stops the start here
         quiet_access_log()  # after uvicorn set up its loggers: the request line is ops.RequestLayer's
         upkeep = Upkeep(storage=app.state.storage, temp_max_age_s=settings.temp_max_age_s,
                         checkpoint_keep_s=settings.checkpoint_keep_s, every_s=settings.sweep_every_s)
@@ -56,7 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reaper.start()
         driver = SearchDriver(app.state.sessions, settings)
         driver.start()
+        deliverer = Deliverer(app.state.sessions, settings)  # the webhook outbox
+        deliverer.start()
         yield
+        deliverer.stop()
         driver.stop()
         reaper.stop()
         app.state.engine.dispose()
@@ -68,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
-    app.state.storage = Storage(settings.data_dir)
+    app.state.storage = Storage.from_settings(settings)
     app.state.model_cache = ModelCache(app.state.storage, settings.model_cache_size)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.principals = PrincipalCache(app.state.sessions)
@@ -77,7 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ops.install(app, max_body_bytes=settings.max_json_bytes)
     app.include_router(system.router)  # /healthz and /readyz: the only routes without a key
     app.include_router(inference.router)  # /v2: the Open Inference Protocol, keyed per route (not its health)
-    for module in (datasets, jobs, models, events, scoring, ops, workers, registry, searches):
+    for module in (datasets, jobs, models, events, scoring, ops, workers, registry, searches,
+                   webhooks):
         app.include_router(module.router, dependencies=[Depends(get_principal)], responses=problem_responses(401, 429))
     install_web(app)  # the web page at / and /ui/..., its sign-in session, /docs
     return app

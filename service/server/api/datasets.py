@@ -10,7 +10,9 @@ from fastapi.concurrency import run_in_threadpool
 from service.schemas import DatasetPreview, DatasetRead, DatasetUpdate, Page
 from service.server import datasets
 from service.server.api.deps import DatasetDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep, StorageDep
+from service.server.api.idempotency import IdempotentUpload
 from service.server.errors import InvalidInput, problem_responses
+from service.server.idempotency import Fingerprint
 from service.server.tables import Dataset
 from service.server.uploads import multipart_body, receive_file
 from service.training.ingest import Cancelled, preview
@@ -26,27 +28,33 @@ UPLOAD_BODY = multipart_body(
 
 
 @router.post("", status_code=201, response_model=DatasetRead, openapi_extra=UPLOAD_BODY,
-             responses=problem_responses(413, 415, 422),
+             responses=problem_responses(409, 413, 415, 422),
              summary="Upload a data set (multipart field 'file')")
-async def upload_dataset(request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep,
-                         principal: PrincipalDep) -> Dataset:
+async def upload_dataset(request: Request, idempotency: IdempotentUpload, session: SessionDep, storage: StorageDep,
+                         settings: SettingsDep, principal: PrincipalDep) -> Response:
     storage.ensure()
     raw = storage.temp_path(".upload")
     gone = threading.Event()  # the client went away: parsing stops at its next batch
     watch: asyncio.Task[None] | None = None
     try:
         upload = await receive_file(request, raw, max_bytes=settings.max_upload_bytes)
+        if (replay := await idempotency.begin(Fingerprint.of_upload(
+                request.method, request.url.path, file_sha256=upload.sha256, filename=upload.filename,
+                fields=upload.fields))) is not None:
+            return replay
         watch = asyncio.create_task(_watch_disconnect(request, gone))  # the body is read: only a disconnect is left
         given = upload.fields.get("name")
         name = datasets.clean_name(given, "upload") if given else datasets.clean_name(upload.filename, "upload",
                                                                                        path=True)
-        return await run_in_threadpool(
+        dataset = await run_in_threadpool(
             datasets.create, session=session, storage=storage, upload_path=raw, name=name,
             size_bytes=upload.size, sha256=upload.sha256, owner=principal.owner,
             max_columns=settings.max_columns, max_rows=settings.max_rows, max_array_bytes=settings.max_array_bytes,
             cancelled=gone.is_set)
+        return await run_in_threadpool(idempotency.respond, DatasetRead.model_validate(dataset), 201)
     except Cancelled:
         log.info("upload of %s abandoned by its client during parsing; nothing kept", raw.name)
+        idempotency.transient()
         raise InvalidInput("the client went away before the data set was stored",
                            errors=[{"field": "file", "message": "client disconnected"}]) from None
     finally:

@@ -1,6 +1,8 @@
 """Dependencies, declared once as Annotated aliases."""
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -15,6 +17,8 @@ from service.server.errors import Forbidden
 from service.server.predict import ModelCache
 from service.server.storage import Storage
 from service.server.tables import Dataset, Job, Model
+
+log = logging.getLogger("mlps.api")
 
 
 # Dependencies that only read app.state are async: a sync one would cost a thread-pool round trip per request.
@@ -44,15 +48,25 @@ def get_session(request: Request) -> Iterator[Session]:
     try:
         yield session
         session.commit()
-        for action in session.info.pop("on_commit", []):
-            action()
     except BaseException:
         session.rollback()
-        for action in session.info.pop("on_rollback", []):
-            action()
+        _run_each(session.info.pop("on_rollback", []), "after a rollback")
         raise
+    else:
+        # The rows are changed for good: a file that cannot be removed now (the bucket is away) is only logged,
+        # and the API's sweep removes it later (cleanup.sweep_orphans).
+        _run_each(session.info.pop("on_commit", []), "after a commit")
     finally:
         session.close()
+
+
+def _run_each(actions: list[Callable[[], None]], when: str) -> None:
+    """Run every action, each on its own: one that fails is logged and does not stop the others."""
+    for action in actions:
+        try:
+            action()
+        except Exception:
+            log.exception("file operation %s failed; the periodic sweep removes what it left", when)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -76,6 +90,10 @@ async def get_principal(request: Request,
     principal = principals.cached(digest)
     if principal is None:
         principal = await run_in_threadpool(principals.load, digest)
+    elif principals.due(digest):
+        # A key in use is checked again off this request's path (the answer in hand is younger than the cache's
+        # time limit); refresh() handles its own errors.
+        asyncio.get_running_loop().run_in_executor(None, principals.refresh, digest)
     request.app.state.rate_limiter.check(principal.key_id)
     return principal
 

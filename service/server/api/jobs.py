@@ -5,19 +5,21 @@ from fastapi import APIRouter, Query, Response
 from service.schemas import EpochMetricsRead, JobComparison, JobCreate, JobMetrics, JobRead, LabelsUpdate, Page, Tag
 from service.server import jobs, queue
 from service.server.api.deps import JobDep, LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep
+from service.server.api.idempotency import IdempotentJSON
 from service.server.errors import problem_responses
 from service.server.tables import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=JobRead, responses=problem_responses(400, 404, 422),
+@router.post("", status_code=202, response_model=JobRead, responses=problem_responses(400, 404, 409, 422),
              summary="Submit a training job")
-def submit_job(spec: JobCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
-               response: Response) -> JobRead:
+def submit_job(spec: JobCreate, idempotency: IdempotentJSON, session: SessionDep, principal: PrincipalDep,
+               settings: SettingsDep) -> Response:
+    if idempotency.replay is not None:
+        return idempotency.replay
     job = jobs.submit(session=session, spec=spec, principal=principal, settings=settings)
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return jobs.to_read(job)
+    return idempotency.respond(jobs.to_read(job), 202, {"Location": f"/jobs/{job.id}"})
 
 
 @router.get("", response_model=Page[JobRead], responses=problem_responses(422), summary="List jobs, newest first")

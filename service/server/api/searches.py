@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from service.schemas import LabelsUpdate, Page, SearchCreate, SearchRead, Tag, TrialRead
 from service.server import searches
 from service.server.api.deps import LimitDep, OffsetDep, PrincipalDep, SessionDep, SettingsDep
+from service.server.api.idempotency import IdempotentJSON
 from service.server.auth import Principal
 from service.server.errors import problem_responses
 from service.server.tables import Search, SearchStatus
@@ -29,13 +30,15 @@ def search_or_404(search_id: str, session: SessionDep, principal: PrincipalDep) 
 SearchDep = Annotated[Search, Depends(search_or_404)]
 
 
-@router.post("", status_code=201, response_model=SearchRead, responses=problem_responses(400, 404, 422),
+@router.post("", status_code=201, response_model=SearchRead, responses=problem_responses(400, 404, 409, 422),
              summary="Start a hyperparameter search")
-def start_search(request: SearchCreate, session: SessionDep, principal: PrincipalDep, settings: SettingsDep,
-                 response: Response) -> SearchRead:
+def start_search(request: SearchCreate, idempotency: IdempotentJSON, session: SessionDep, principal: PrincipalDep,
+                 settings: SettingsDep) -> Response:
+    if idempotency.replay is not None:
+        return idempotency.replay
     search = searches.create(session=session, request=request, principal=principal, settings=settings)
-    response.headers["Location"] = f"/searches/{search.id}"
-    return searches.to_read(session, search, leaderboard=True)
+    return idempotency.respond(searches.to_read(session, search, leaderboard=True), 201,
+                               {"Location": f"/searches/{search.id}"})
 
 
 @router.get("", response_model=Page[SearchRead], responses=problem_responses(422),

@@ -5,7 +5,19 @@ import jsonschema
 from fastapi.routing import APIRoute
 from openapi_spec_validator import validate
 
-from service.server.api import datasets, events, jobs, models, ops, registry, scoring, searches, system, workers
+from service.server.api import (
+    datasets,
+    events,
+    jobs,
+    models,
+    ops,
+    registry,
+    scoring,
+    searches,
+    system,
+    webhooks,
+    workers,
+)
 from service.server.errors import PROBLEM_JSON, Problem, problem_schemas
 from tests.helpers import problem
 
@@ -46,7 +58,8 @@ def test_the_document_is_valid_openapi_3_1(client):
 
 def test_operation_ids_are_the_route_functions_and_every_operation_has_a_tag(client):
     schema = client.get("/openapi.json").json()
-    routes = [r for module in (datasets, events, jobs, models, ops, registry, scoring, searches, system, workers)
+    routes = [r for module in (datasets, events, jobs, models, ops, registry, scoring, searches, system,
+                               webhooks, workers)
               for r in module.router.routes if isinstance(r, APIRoute) and r.include_in_schema]
     ids = {(method.lower(), r.path): r.endpoint.__name__ for r in routes for method in r.methods}
     documented = {(method, path): op for path, operations in schema["paths"].items()
@@ -55,7 +68,7 @@ def test_operation_ids_are_the_route_functions_and_every_operation_has_a_tag(cli
     assert len(set(ids.values())) == len(ids)
     assert all(op["tags"] for op in documented.values())
     assert {op["tags"][0] for op in documented.values()} == {"datasets", "jobs", "models", "registry", "searches",
-                                                             "system", "workers"}
+                                                             "system", "webhooks", "workers"}
 
 
 def test_problem_bodies_match_the_documented_model(client):

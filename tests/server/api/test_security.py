@@ -115,8 +115,10 @@ def owners(app, migrated, worker):
     assert worker.run_once() == job["id"]
     job = alice.get(f"/jobs/{job['id']}").json()
     assert job["status"] == "succeeded", job["error"]
+    hook = alice.post("/webhooks", json={"url": "https://hooks.example.invalid/alice", "events": ["job.failed"]})
+    assert hook.status_code == 201, hook.text
     yield {"alice": alice, "bob": bob, "admin": admin, "ds": ds["id"], "job": job["id"], "model": job["model_id"],
-           "worker": worker}
+           "worker": worker, "webhook": hook.json()["id"]}
     for c in (alice, bob, admin):
         c.__exit__(None, None, None)
 
@@ -149,16 +151,21 @@ def walk(ids: dict[str, str]) -> list[tuple[str, str, dict]]:
         ("PUT", "/registry/{name}/aliases/{alias}", {"url": "/registry/iris/aliases/production",
                                                       "json": {"version": 1}}),
         ("POST", "/registry/{name}", {"url": "/registry/other", "json": {"model_id": ids["model"]}}),
+        ("GET", "/webhooks/{webhook_id}", {"url": f"/webhooks/{ids['webhook']}"}),
+        ("GET", "/webhooks/{webhook_id}/deliveries", {"url": f"/webhooks/{ids['webhook']}/deliveries"}),
+        ("PATCH", "/webhooks/{webhook_id}", {"url": f"/webhooks/{ids['webhook']}", "json": {"description": "ci"}}),
+        ("POST", "/webhooks/{webhook_id}/test", {"url": f"/webhooks/{ids['webhook']}/test"}),
         # Changes last: cancel of a finished job is a 409 for its owner, delete removes the data set.
         ("POST", "/jobs/{job_id}/cancel", {"url": f"/jobs/{ids['job']}/cancel"}),
         ("DELETE", "/registry/{name}/aliases/{alias}", {"url": "/registry/iris/aliases/production"}),
         ("DELETE", "/models/{model_id}", {"url": f"/models/{ids['model']}"}),
         ("DELETE", "/datasets/{dataset_id}", {"url": f"/datasets/{ids['ds']}"}),
+        ("DELETE", "/webhooks/{webhook_id}", {"url": f"/webhooks/{ids['webhook']}"}),
     ]
 
 
-LISTS = [("GET", "/datasets"), ("GET", "/jobs"), ("GET", "/models")]
-OTHERS = [("POST", "/datasets"), ("POST", "/jobs"), ("GET", "/metrics"), ("GET", "/workers"),
+LISTS = [("GET", "/datasets"), ("GET", "/jobs"), ("GET", "/models"), ("GET", "/webhooks")]
+OTHERS = [("POST", "/datasets"), ("POST", "/jobs"), ("POST", "/webhooks"), ("GET", "/metrics"), ("GET", "/workers"),
           ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/registry"),
           # two of alice's jobs to compare, and searches (whose trials would join alice's job list): their owner
           # rules are tested in test_jobs.py / test_searches.py
@@ -181,12 +188,13 @@ def test_another_owner_gets_404_everywhere_and_an_admin_sees_everything(app, own
         url = req.pop("url")
         body = problem(bob.request(method, url, **req), 404)
         assert "no " in body["detail"] and ("data set" in body["detail"] or "job" in body["detail"]
-                                            or "model" in body["detail"]), (template, body)
+                                            or "model" in body["detail"]
+                                            or "webhook" in body["detail"]), (template, body)
     for method, template, req in requests:
         req = dict(req)
         url = req.pop("url")
         # A finished job cannot be cancelled; a classifier has no embedding: both say so to those who may see them.
-        expected = {"/jobs/{job_id}/cancel": 409, "/models/{model_id}/embed": 422}
+        expected = {"/jobs/{job_id}/cancel": 409, "/models/{model_id}/embed": 422, "/webhooks/{webhook_id}/test": 202}
         if (method, template) == ("POST", "/registry/{name}"):
             assert alice.request(method, url, **req).status_code == 201
             problem(admin.request(method, url, **req), 422, "belongs to alice")  # an admin registers its own only
@@ -212,6 +220,7 @@ def test_another_owner_gets_404_everywhere_and_an_admin_sees_everything(app, own
     assert alice.delete("/registry/iris/aliases/production").status_code == 204
     assert alice.delete(f"/models/{owners['model']}").status_code == 204
     assert alice.delete(f"/datasets/{owners['ds']}").status_code == 204
+    assert alice.delete(f"/webhooks/{owners['webhook']}").status_code == 204
 
 
 def test_workers_show_running_jobs_to_their_owner_and_admins_only(app, owners):

@@ -164,8 +164,9 @@ class TrainingSpec(_Input):
                                description="Upper bound; early stopping usually ends sooner (default 300; ensemble "
                                            "200; logistic_regression 100 L-BFGS steps)")
     batch_size: int | None = Field(default=None, ge=1, le=1_000_000,
-                                   description="Default 32; the ensemble's grows with the data (n/8, a power of two "
-                                               "from 32 to 512)")
+                                   description="Default 32 (beyond 32 768 rows, the power of two near rows/1024, at "
+                                               "most 1024); the ensemble's: the power of two at or below rows/4, from "
+                                               "32 to 1024")
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "lbfgs"] | None = Field(
         default=None, description="Default adam; logistic_regression: lbfgs (full batch); the ensemble trains with "
                                   "AdamW, one learning rate and weight decay per member")

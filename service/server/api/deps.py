@@ -5,7 +5,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -23,9 +23,18 @@ log = logging.getLogger("mlps.api")
 
 # Dependencies that only read app.state are async: a sync one would cost a thread-pool round trip per request.
 # app.state holds untyped attributes: each is named with its type once, here.
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+def settings_of(app: FastAPI) -> Settings:
+    settings: Settings = app.state.settings
     return settings
+
+
+def model_cache_of(app: FastAPI) -> ModelCache:
+    cache: ModelCache = app.state.model_cache
+    return cache
+
+
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request.app)
 
 
 async def get_storage(request: Request) -> Storage:
@@ -34,8 +43,7 @@ async def get_storage(request: Request) -> Storage:
 
 
 async def get_model_cache(request: Request) -> ModelCache:
-    cache: ModelCache = request.app.state.model_cache
-    return cache
+    return model_cache_of(request.app)
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -19,12 +19,37 @@ from service.server.api.deps import (
     SessionDep,
     SettingsDep,
     StorageDep,
+    model_cache_of,
+    settings_of,
 )
 from service.server.auth import can_see
 from service.server.errors import problem_responses
 from service.server.tables import Model
 
 router = APIRouter(tags=["models"])
+
+
+@router.post("/predict", response_model=PredictResponse, responses=problem_responses(400, 404, 410, 422),
+             summary="Predict for records keyed by column name")
+async def predict_records(body: PredictRequest, request: Request, principal: PrincipalDep) -> dict[str, Any]:
+    # The latency-critical path: the first route a request is matched against, the fewest dependencies (the cache
+    # and the settings are read from the app here), one thread-pool call, and the database only for a model not
+    # seen before (models never change owner, and are never deleted).
+    # A registry reference ('name@alias', 'name:3') is resolved on every request: aliases move.
+    cache, settings = model_cache_of(request.app), settings_of(request.app)
+
+    def run() -> dict[str, Any]:
+        ref, field = registry.reference(model_id=body.model_id, model=body.model)
+        model_id = ref if registry.parse_reference(ref, field=field) is None else None
+        owner = cache.owner(model_id) if model_id is not None else None
+        if model_id is None or owner is None or not can_see(principal, owner):
+            with request.app.state.sessions() as session:
+                model_id = registry.resolve_model_id(session, principal, ref, field=field)
+                cache.remember_owner(predict.get(session=session, model_id=model_id, principal=principal))
+        return predict.predict(cache=cache, model_id=model_id, records=body.records, inputs=body.inputs,
+                               max_records=settings.max_predict_records, uncertainty=body.uncertainty)
+
+    return await run_in_threadpool(run)
 
 
 @router.get("/models", response_model=Page[ModelRead], responses=problem_responses(422),
@@ -73,27 +98,6 @@ async def export_model(model: ModelDep, cache: ModelCacheDep,
 def delete_model(model: ModelRowDep, session: SessionDep, cache: ModelCacheDep) -> Response:
     predict.delete(session=session, cache=cache, model=model)
     return Response(status_code=204)
-
-
-@router.post("/predict", response_model=PredictResponse, responses=problem_responses(400, 404, 410, 422),
-             summary="Predict for records keyed by column name")
-async def predict_records(body: PredictRequest, request: Request, principal: PrincipalDep, cache: ModelCacheDep,
-                          settings: SettingsDep) -> dict[str, Any]:
-    # The latency-critical path: one thread-pool call, and the database only for a model not seen before
-    # (models never change owner, and are never deleted).
-    # A registry reference ('name@alias', 'name:3') is resolved on every request: aliases move.
-    def run() -> dict[str, Any]:
-        ref, field = registry.reference(model_id=body.model_id, model=body.model)
-        model_id = ref if registry.parse_reference(ref, field=field) is None else None
-        owner = cache.owner(model_id) if model_id is not None else None
-        if model_id is None or owner is None or not can_see(principal, owner):
-            with request.app.state.sessions() as session:
-                model_id = registry.resolve_model_id(session, principal, ref, field=field)
-                cache.remember_owner(predict.get(session=session, model_id=model_id, principal=principal))
-        return predict.predict(cache=cache, model_id=model_id, records=body.records, inputs=body.inputs,
-                               max_records=settings.max_predict_records, uncertainty=body.uncertainty)
-
-    return await run_in_threadpool(run)
 
 
 @router.post("/models/{model_id}/embed", response_model=EmbedResponse,

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,42 @@ def test_models_md_walkthrough(server, tmp_path):
     flower = json.loads((next(temp.iterdir()) / "flowers.json").read_text())
     answer = server.post("/predict", json={"model_id": job["model_id"], "records": flower}).json()
     assert json.loads(out.splitlines()[-1]) == {k: answer[k] for k in ("predictions", "probabilities")}
+
+
+def test_readme_webhook_and_retry_examples(server, tmp_path):
+    """The README's `curl` for a webhook endpoint and its `curl` sent twice with one Idempotency-Key answer what
+    the README shows: the endpoint's fields with its secret; the second submission replayed, the same job."""
+    readme = ROOT / "README.md"
+    (hook,) = code_blocks(section(readme, "## Webhooks"), "sh")
+    command, shown = hook.split("\n# ")
+    out, _, _ = run_walkthrough(server, tmp_path, command)
+    endpoint = json.loads(out)
+    try:
+        assert set(endpoint) == set(json.loads(shown))
+        assert endpoint["secret"].startswith("whsec_") and endpoint["events"] == ["job.succeeded", "job.failed"]
+    finally:
+        assert server.delete(f"/webhooks/{endpoint['id']}").status_code == 204
+
+    retry_section = section(readme, "### Retrying safely")
+    (submit,) = code_blocks(retry_section, "sh")
+    head = re.search(r"^```\n(HTTP/1\.1 .*?)^```$", retry_section, flags=re.M | re.S).group(1).strip()
+    ds = upload(server, "iris.csv").json()
+    script = submit.replace("ds_3f2a9c0d1e4b5a67", ds["id"])
+    assert script != submit, "the example's data set id changed: change it here too"
+    first, _, _ = run_walkthrough(server, tmp_path, script)
+    again, _, _ = run_walkthrough(server, tmp_path, script)
+
+    def parts(answer: str) -> tuple[str, dict[str, str], dict]:
+        lines, body = answer.split("\n\n", 1)  # the output is read as text: CRLF arrives as \n
+        status, *fields = lines.splitlines()
+        return status, {k.lower(): v.strip() for k, v in (f.split(":", 1) for f in fields)}, json.loads(body)
+
+    status, headers, job = parts(first)
+    status_again, headers_again, job_again = parts(again)
+    assert status == status_again == head.splitlines()[0]
+    shown_names = {line.split(":", 1)[0] for line in head.splitlines()[1:]}
+    assert shown_names <= set(headers_again), "a header the README shows is missing from the replayed answer"
+    assert headers_again["idempotent-replayed"] == "true" and "idempotent-replayed" not in headers
+    assert headers_again["location"] == headers["location"] == f"/jobs/{job['id']}"
+    assert job_again == job and job["status"] == "queued"
+    assert wait_for_job(server, job["id"], timeout=300)["status"] == "succeeded"

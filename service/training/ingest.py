@@ -544,6 +544,8 @@ def summarise_column(name: str, col: pa.ChunkedArray, n_rows: int | None = None)
         if finite.size:
             stats.update(min=float(finite.min()), max=float(finite.max()),
                          mean=float(finite.mean()), std=float(finite.std()))
+        if pa.types.is_floating(t) and 0 < n_unique <= MAX_CLASSES_FOR_INT_TARGET:
+            stats.update(_whole_numbers(finite))
     if info["kind"] == "datetime":
         seconds = info.pop("_seconds")
         present = seconds[~np.isnan(seconds)]
@@ -893,6 +895,10 @@ class _ColumnSummary:
             top = _top_of_counts(pa.array(distinct, type=self.dtype), counts)
             if top:
                 stats["top"] = top
+        if not integers and 0 < n_unique <= MAX_CLASSES_FOR_INT_TARGET:
+            # the distinct values are float bit patterns (see _add_distinct)
+            values = distinct.view(f"f{distinct.dtype.itemsize}")
+            stats.update(_whole_numbers(values[np.isfinite(values)]))
         return {"name": self.name, "dtype": str(self.dtype), "kind": kind, "reason": reason,
                 "n_missing": self.nulls + self.nan, "n_unique": n_unique, "stats": _finite(stats)}
 
@@ -1105,12 +1111,20 @@ def preview(path: Path, n: int) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- task
 
 
+def _whole_numbers(values: NDArray[np.float64]) -> dict[str, bool]:
+    """{"whole_numbers": True} for a float column of few distinct values that are all whole numbers (0.0 and 1.0:
+    classes written as a spreadsheet or pandas writes integers next to a missing value), else nothing."""
+    return {"whole_numbers": True} if values.size and bool(np.all(values == np.round(values))) else {}
+
+
 def infer_task(column: dict[str, Any]) -> str:
-    """classification for strings, booleans and small-integer targets; regression for the rest."""
+    """classification for strings, booleans and small-integer targets (whole numbers written as floats too);
+    regression for the rest."""
     if column["kind"] in ("categorical", "boolean", "text") or not column["dtype"].startswith(("int", "uint",
                                                                                                "float", "double")):
         return "classification"
-    if column["dtype"].startswith(("int", "uint")) and column["n_unique"] <= MAX_CLASSES_FOR_INT_TARGET:
+    small = column["n_unique"] <= MAX_CLASSES_FOR_INT_TARGET
+    if small and (column["dtype"].startswith(("int", "uint")) or (column.get("stats") or {}).get("whole_numbers")):
         return "classification"
     return "regression"
 

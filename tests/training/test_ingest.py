@@ -75,6 +75,36 @@ def test_task_inference():
     assert ingest.infer_task({"kind": "numeric", "dtype": "int64", "n_unique": 2}) == "classification"
     assert ingest.infer_task({"kind": "numeric", "dtype": "int64", "n_unique": 300}) == "regression"
     assert ingest.infer_task({"kind": "numeric", "dtype": "double", "n_unique": 2}) == "regression"
+    whole = {"kind": "numeric", "dtype": "double", "n_unique": 2, "stats": {"whole_numbers": True}}
+    assert ingest.infer_task(whole) == "classification"
+    assert ingest.infer_task({**whole, "n_unique": 21}) == "regression"
+
+
+WHOLE_FLOATS = b"".join([b"y,few,many,frac\n", *[f"{i % 2}.0,{i % 3}.0,{i}.0,{i % 2}.5\n".encode()
+                                                  for i in range(40)], b",1.0,40.0,0.5\n"])
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_whole_number_floats_with_few_values_are_marked_and_make_a_classification_target(tmp_path, kind):
+    """0.0 and 1.0 (as pandas writes an integer column with a missing value) are classes, not quantities."""
+    content = WHOLE_FLOATS
+    if kind == "parquet":
+        import io
+
+        import pyarrow.csv as pacsv
+        buffer = io.BytesIO()
+        pq.write_table(pacsv.read_csv(io.BytesIO(WHOLE_FLOATS)), buffer)
+        content = buffer.getvalue()
+    res, _ = ingest_bytes(tmp_path, content)
+    cols = {c["name"]: c for c in res.columns}
+    assert [cols[n]["dtype"] for n in ("y", "few", "many", "frac")] == ["double"] * 4
+    assert cols["y"]["stats"]["whole_numbers"] is True and cols["few"]["stats"]["whole_numbers"] is True
+    assert "whole_numbers" not in cols["many"]["stats"] and "whole_numbers" not in cols["frac"]["stats"]
+    assert [ingest.infer_task(cols[n]) for n in ("y", "few", "many", "frac")] == \
+        ["classification", "classification", "regression", "regression"]
+    one = ingest.summarise_column("y", pa.chunked_array([pa.array([0.0, 1.0, None, float("nan"), 1.0])]))
+    assert one["stats"]["whole_numbers"] is True
+    assert "whole_numbers" not in ingest.summarise_column("y", pa.chunked_array([pa.array([0.0, 0.5])]))["stats"]
 
 
 def test_an_ingest_its_caller_gave_up_on_stops_between_batches_and_keeps_nothing(tmp_path, monkeypatch):

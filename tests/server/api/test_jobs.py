@@ -51,6 +51,16 @@ def test_regression_task_is_inferred_from_a_float_target(client):
     assert job["task"] == "regression"
 
 
+def test_whole_numbers_written_as_floats_are_classes(client):
+    """An integer column with a missing value, as pandas writes it (1.0, 0.0, empty), is still a class column."""
+    rows = "".join(f"{i * 0.1:.1f},{'' if i == 7 else i % 2}.0\n".replace(",.0", ",") for i in range(60))
+    ds = upload(client, "binary.csv", ("x,passed\n" + rows).encode()).json()
+    assert ds["columns"][1]["dtype"] == "double" and ds["columns"][1]["stats"]["whole_numbers"] is True
+    job = client.post("/jobs", json={"dataset_id": ds["id"], "target": "passed"}).json()
+    assert job["task"] == "classification"
+    assert client.post("/jobs", json={"dataset_id": ds["id"], "target": "x"}).json()["task"] == "regression"
+
+
 @pytest.mark.parametrize(("patch", "status", "field", "fragment"), [
     ({"target": "colour"}, 422, "target", "available columns: 'sepal_length'"),
     ({"features": ["petal_length", "stem"]}, 422, "features.1", "feature column 'stem' is not in"),

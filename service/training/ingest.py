@@ -1124,7 +1124,10 @@ def infer_task(column: dict[str, Any]) -> str:
                                                                                                "float", "double")):
         return "classification"
     small = column["n_unique"] <= MAX_CLASSES_FOR_INT_TARGET
-    if small and (column["dtype"].startswith(("int", "uint")) or (column.get("stats") or {}).get("whole_numbers")):
+    if small and column["dtype"].startswith(("int", "uint")):
+        return "classification"
+    # one value written as 5.0 says nothing of classes: it stays a (constant) quantity
+    if small and column["n_unique"] >= 2 and (column.get("stats") or {}).get("whole_numbers"):
         return "classification"
     return "regression"
 

@@ -78,6 +78,7 @@ def test_task_inference():
     whole = {"kind": "numeric", "dtype": "double", "n_unique": 2, "stats": {"whole_numbers": True}}
     assert ingest.infer_task(whole) == "classification"
     assert ingest.infer_task({**whole, "n_unique": 21}) == "regression"
+    assert ingest.infer_task({**whole, "n_unique": 1}) == "regression"  # a constant 5.0 is no class column
 
 
 WHOLE_FLOATS = b"".join([b"y,few,many,frac\n", *[f"{i % 2}.0,{i % 3}.0,{i}.0,{i % 2}.5\n".encode()

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from torch.nn import functional as F
 
 from service.training import metrics as M
+from service.training.batched_step import BatchedStep
 from service.training.loop import (
     EVAL_CHUNK,
     EpochHook,
@@ -116,7 +117,13 @@ def assign_folds(n: int, folds: int, seed: int, strata: NDArray[Any] | None = No
 
 class MemberAdamW:
     """AdamW (decoupled weight decay, as torch.optim.AdamW) with one learning rate and one weight decay per
-    member: every parameter's first dimension is the member."""
+    member: every parameter's first dimension is the member.
+
+    The parameters, their gradients and both moments each live in one flat buffer (the parameters and their
+    `.grad` become views into it, shaped and strided as before), so that the moments' update is a handful of
+    operations on one tensor rather than a handful per parameter tensor: the same arithmetic on the same values,
+    so the same results bit for bit.
+    """
 
     def __init__(self, params: list[torch.nn.Parameter], lr: torch.Tensor, weight_decay: torch.Tensor,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
@@ -124,12 +131,25 @@ class MemberAdamW:
         self.lr, self.weight_decay = lr, weight_decay
         self.betas, self.eps = betas, eps
         self.steps = 0
-        self.exp_avg = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self._flat = torch.cat([p.detach().reshape(-1) for p in params])
+        self._grad = torch.zeros_like(self._flat)
+        self._m = torch.zeros_like(self._flat)
+        self._v = torch.zeros_like(self._flat)
+        with torch.no_grad():
+            for p, value, grad in zip(params, self._views(self._flat), self._views(self._grad), strict=True):
+                p.data = value
+                p.grad = grad
+        self.exp_avg, self.exp_avg_sq = self._views(self._m), self._views(self._v)
+
+    def _views(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        out, start = [], 0
+        for p in self.params:
+            out.append(buf[start:start + p.numel()].view(p.shape))
+            start += p.numel()
+        return out
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self._grad.zero_()
 
     def clip_(self, max_norm: float) -> None:
         """Scale each member's gradient so that its own norm is at most max_norm."""
@@ -147,31 +167,26 @@ class MemberAdamW:
         self.steps += 1
         b1, b2 = self.betas
         bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        params = [self.params[i] for i in live]
-        grads = [p.grad for p in params if p.grad is not None]
-        ms, vs = [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live]
-        # Multi-tensor kernels for everything the members share; the per-member factors broadcast over the
-        # member dimension in one fused op per parameter.
-        torch._foreach_lerp_(ms, grads, 1 - b1)
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-        denoms = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denoms, math.sqrt(bc2))
-        torch._foreach_add_(denoms, self.eps)
-        updates = torch._foreach_div(ms, denoms)
+        grad, m, v = self._grad, self._m, self._v
+        m.lerp_(grad, 1 - b1)
+        v.mul_(b2)
+        v.addcmul_(grad, grad, value=1 - b2)
+        denom = v.sqrt()
+        denom.div_(math.sqrt(bc2))
+        denom.add_(self.eps)
+        updates = self._views(m / denom)
         decay = 1 - self.lr * self.weight_decay
         step_size = self.lr / bc1
         # One foreach call each for the decay and the step, the per-member factors viewed once per rank (every
-        # parameter of an EnsembleNet is [K, ·, ·]): the same products as a loop over the parameters, in fewer ops.
+        # parameter of an EnsembleNet is [K, ·, ·]).
         views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for p in params:
+        for p in self.params:
             if p.dim() not in views:
                 shape = (-1, *[1] * (p.dim() - 1))
                 views[p.dim()] = decay.view(shape), step_size.view(shape)
-        tensors: list[torch.Tensor] = [*params]
-        torch._foreach_mul_(tensors, [views[p.dim()][0] for p in params])
-        torch._foreach_addcmul_(tensors, updates, [views[p.dim()][1] for p in params], value=-1)
+        tensors: list[torch.Tensor] = [*self.params]
+        torch._foreach_mul_(tensors, [views[p.dim()][0] for p in self.params])
+        torch._foreach_addcmul_(tensors, updates, [views[p.dim()][1] for p in self.params], value=-1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "exp_avg": list(self.exp_avg), "exp_avg_sq": list(self.exp_avg_sq),
@@ -409,6 +424,7 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
     optimizer = MemberAdamW(params, lr=torch.as_tensor([m.learning_rate for m in plan], device=dev),
                             weight_decay=torch.as_tensor([m.weight_decay for m in plan], device=dev))
     task = Task(data, dev)
+    batched_step = BatchedStep(net, cfg.activation, data.task, data.n_classes)
     pool = _pool(data, cfg, plan, task, dev)
     Xe, Ye = pool.X[pool.eval_rows], pool.Y[pool.eval_rows]
     we = pool.row_weight[pool.eval_rows]
@@ -457,13 +473,10 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
         hits = _TrainHits(pool, perm, k, n_classes) if classify else None
         for step, start in enumerate(range(0, len(perm), cfg.batch_size), 1):
             idx = perm[start:start + cfg.batch_size]
-            out = net(pool.X[idx])
             # without class weights every row weighs 1: the mask alone (a product by 1 changes no bit)
             mask = pool.train_mask[:, idx] * pool.row_weight[idx] if weighted else pool.train_mask[:, idx]
             denom = mask.sum(1)
-            per_member = (row_losses(out, pool.Y[idx], data.task, n_classes) * mask).sum(1) / denom.clamp_min(1e-12)
-            optimizer.zero_grad()
-            torch.autograd.backward(per_member.sum())  # = .backward(), which torch leaves unannotated
+            per_member, out = batched_step(pool.X[idx], pool.Y[idx], mask, denom)
             if cfg.gradient_clip_norm:
                 optimizer.clip_(cfg.gradient_clip_norm)
             optimizer.step()

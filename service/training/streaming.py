@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from service.training import metrics as M
+from service.training.batched_step import BatchedStep
 from service.training.ensemble import (
     EnsembleConfig,
     EnsembleState,
@@ -784,6 +785,7 @@ def _train_ensemble(stream: TrainStream, data: TrainData, cfg: EnsembleConfig, d
     optimizer = MemberAdamW(params, lr=torch.as_tensor([m.learning_rate for m in plan], device=dev),
                             weight_decay=torch.as_tensor([m.weight_decay for m in plan], device=dev))
     task = Task(data, dev)
+    batched_step = BatchedStep(net, cfg.activation, data.task, data.n_classes)
     k = cfg.members
     classify = data.task == "classification"
     weighted = task.weight is not None and classify
@@ -836,13 +838,10 @@ def _train_ensemble(stream: TrainStream, data: TrainData, cfg: EnsembleConfig, d
         rows_done = 0
         for step, batch in enumerate(stream.batches(epoch, cfg.batch_size), 1):
             X, Y = _device_batch(task, batch, dev)
-            out = net(X)
             w = task.weight[Y] if weighted and task.weight is not None else torch.ones(len(X), device=dev)
             mask = w[None, :].expand(k, -1)
             denom = mask.sum(1)
-            per_member = (row_losses(out, Y, data.task, n_classes) * mask).sum(1) / denom.clamp_min(1e-12)
-            optimizer.zero_grad()
-            torch.autograd.backward(per_member.sum())
+            per_member, out = batched_step(X, Y, mask, denom)
             if cfg.gradient_clip_norm:
                 optimizer.clip_(cfg.gradient_clip_norm)
             optimizer.step()

@@ -18,6 +18,9 @@ from service.training.nets import BatchedLinear, EnsembleNet
 _aten: Any = torch.ops.aten
 
 
+BACKWARD_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "linear")
+
+
 def _activation_backward(name: str, grad: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """d loss / d z from d loss / d a, where a = activation(z): the kernels autograd uses for each."""
     match name:
@@ -45,25 +48,29 @@ class BatchedStep:
     """Forward and backward of `net` on one minibatch; the gradients land in each parameter's `.grad`."""
 
     def __init__(self, net: EnsembleNet, activation: str, task: str, n_classes: int) -> None:
-        _activation_backward(activation, torch.zeros(1), torch.zeros(1), torch.zeros(1))  # an unknown one fails now
+        if activation not in BACKWARD_ACTIVATIONS:
+            raise ValueError(f"no backward pass for activation {activation!r}")
         self.net, self.activation, self.task, self.n_classes = net, activation, task, n_classes
+        # Autograd's mm backward takes a column-major weight's gradient the other way round (a member with one
+        # output flattens to one); the weights keep their strides while training, so this is decided once.
+        self._column_major: dict[int, bool] = {}
+        for layer in [cast(BatchedLinear, net.layers[0]), *([net.skip] if net.skip is not None else [])]:
+            k, fan_in, fan_out = layer.weight.shape
+            flat = layer.weight.transpose(0, 1).reshape(fan_in, k * fan_out)
+            self._column_major[id(layer)] = flat.stride(0) == 1 and flat.stride(1) == fan_in
 
     @staticmethod
-    def _shared_input(layer: BatchedLinear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """BatchedLinear.forward of a [B, in] input: (output [K, B, out], the flattened weight it used)."""
+    def _shared_input(layer: BatchedLinear, x: torch.Tensor) -> torch.Tensor:
+        """BatchedLinear.forward of a [B, in] input: [K, B, out]."""
         k, fan_in, fan_out = layer.weight.shape
         flat = layer.weight.transpose(0, 1).reshape(fan_in, k * fan_out)
-        return (x @ flat).view(len(x), k, fan_out).transpose(0, 1) + layer.bias, flat
+        return (x @ flat).view(len(x), k, fan_out).transpose(0, 1) + layer.bias
 
-    @staticmethod
-    def _shared_input_backward(layer: BatchedLinear, x: torch.Tensor, grad: torch.Tensor) -> None:
+    def _shared_input_backward(self, layer: BatchedLinear, x: torch.Tensor, grad: torch.Tensor) -> None:
         k, fan_in, fan_out = layer.weight.shape
         _grad(layer.bias).copy_(grad.sum(1, keepdim=True))
         g = grad.transpose(0, 1).reshape(len(x), k * fan_out)
-        flat = layer.weight.transpose(0, 1).reshape(fan_in, k * fan_out)
-        # as autograd's mm backward: a column-major weight (one output per member) gets its gradient that way
-        column_major = flat.stride(0) == 1 and flat.stride(1) == fan_in
-        wgrad = g.t().mm(x).t() if column_major else x.t().mm(g)
+        wgrad = g.t().mm(x).t() if self._column_major[id(layer)] else x.t().mm(g)
         _grad(layer.weight).copy_(wgrad.view(fan_in, k, fan_out).transpose(0, 1))
 
     @torch.no_grad()
@@ -88,7 +95,7 @@ class BatchedStep:
         h = x
         for i, layer in enumerate(layers):
             inputs.append(h)
-            z = self._shared_input(layer, h)[0] if h.dim() == 2 else torch.baddbmm(layer.bias, h, layer.weight)
+            z = self._shared_input(layer, h) if h.dim() == 2 else torch.baddbmm(layer.bias, h, layer.weight)
             if i < last:
                 a = net.activation(z)
                 drop = torch.rand_like(a) >= p if p is not None else None
@@ -99,7 +106,7 @@ class BatchedStep:
         out = h
         skip = net.skip
         if skip is not None:
-            out = out + self._shared_input(skip, x)[0]
+            out = out + self._shared_input(skip, x)
         losses, grad_out = self._loss(out, y, mask, denom.clamp_min(1e-12))
         grad = grad_out
         if skip is not None:

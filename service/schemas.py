@@ -127,6 +127,10 @@ class ModelSpec(_Input):
                                           "20 000 rows, else 1")
     linear_skip: bool | None = Field(default=None, description="Ensemble: a linear path from inputs to outputs in "
                                                                "every member (default true)")
+    linear_members: bool | None = Field(
+        default=None, description="Ensemble: also fit L2-regularised linear models (ridge / logistic regression, "
+                                  "five strengths, one per fold) that selection may choose beside the MLP members "
+                                  "(default true; needs linear_skip)")
     dropout_range: Range | None = Field(default=None, description="Ensemble: members' dropout rates are spread over "
                                                                   "this range (default [0, 0.3])")
     bins: int | None = Field(default=None, ge=0, le=64,

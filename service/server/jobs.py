@@ -149,6 +149,9 @@ def _check_ensemble(spec: StoredSpec, *, n_rows: int) -> None:
     if model.batch_norm:
         raise _invalid("model.batch_norm", "the ensemble's members have no batch norm; leave batch_norm out or "
                        "use model type 'mlp'")
+    if model.linear_members and not model.linear_skip:
+        raise _invalid("model.linear_members", "linear members are the ensemble's linear skip path alone; set "
+                       "linear_skip to true or leave linear_members out")
     if training.optimizer != "adamw":
         raise _invalid("training.optimizer", "the ensemble trains every member with AdamW at its own learning rate; "
                        "leave optimizer out (or 'adamw'), or use model type 'mlp'")

@@ -346,7 +346,10 @@ def ensemble_config(spec: StoredSpec) -> EnsembleConfig:
     return EnsembleConfig(members=required(model.members, "model.members"), folds=required(model.folds, "model.folds"),
                           hidden_layers=tuple(required(model.hidden_layers, "model.hidden_layers")),
                           activation=required(model.activation, "model.activation"),
-                          linear_skip=bool(model.linear_skip), epochs=required(training.epochs, "training.epochs"),
+                          linear_skip=bool(model.linear_skip),
+                          # specs stored before linear members existed leave it out: they train as they did
+                          linear_members=bool(model.linear_members),
+                          epochs=required(training.epochs, "training.epochs"),
                           batch_size=required(training.batch_size, "training.batch_size"),
                           learning_rate_range=_pair(training.learning_rate_range, "training.learning_rate_range"),
                           weight_decay_range=_pair(training.weight_decay_range, "training.weight_decay_range"),

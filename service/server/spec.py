@@ -25,7 +25,7 @@ SINGLE_TRAINING = {"epochs": 300, "batch_size": 32, "optimizer": "adam", "learni
 LOGISTIC_TRAINING = {**SINGLE_TRAINING, "optimizer": "lbfgs", "learning_rate": 1.0, "epochs": 100,
                      "early_stopping_patience": 10}
 ENSEMBLE_MODEL = {"hidden_layers": [64, 64], "activation": "relu", "dropout": None, "batch_norm": False,
-                  "linear_skip": True, "dropout_range": [0.0, 0.3]}
+                  "linear_skip": True, "linear_members": None, "dropout_range": [0.0, 0.3]}
 ENSEMBLE_TRAINING = {**SINGLE_TRAINING, "epochs": 200, "optimizer": "adamw", "learning_rate": None,
                      "weight_decay": None, "learning_rate_range": [2e-3, 2e-2], "weight_decay_range": [1e-5, 1e-2],
                      "early_stopping_patience": 16}
@@ -97,11 +97,15 @@ def resolve_model(model: ModelSpec, *, n_rows: int, n_numeric: int = 0,
                   validation_fraction: float | None = None) -> ModelSpec:
     if model.type != "ensemble":
         values = _fill(model, SINGLE_MODEL)
-        return ModelSpec(**{**values, "members": None, "folds": None, "linear_skip": None, "dropout_range": None,
+        return ModelSpec(**{**values, "members": None, "folds": None, "linear_skip": None, "linear_members": None,
+                            "dropout_range": None,
                             "bins": None})
     values = _fill(model, ENSEMBLE_MODEL)
     if values["bins"] is None:
         values["bins"] = ensemble_bins(n_numeric)
+    if values["linear_members"] is None:
+        # they live on the skip path
+        values["linear_members"] = bool(values["linear_skip"])
     members, folds = ensemble_shape(n_rows)
     if values["folds"] is None:
         # a validation split asked for explicitly is the one every member validates on

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from service.training import metrics as M
 from service.training.batched_step import BatchedStep
+from service.training.linear import LinearFit, fit_linear
 from service.training.loop import (
     EVAL_CHUNK,
     EpochHook,
@@ -47,6 +48,9 @@ class EnsembleConfig:
     hidden_layers: tuple[int, ...] = (64, 64)
     activation: str = "relu"
     linear_skip: bool = True
+    # Also fit L2-regularised linear models per fold (service/training/linear.py) for selection to choose from;
+    # they live on the skip path, so they need linear_skip.
+    linear_members: bool = True
     epochs: int = 200
     batch_size: int = 64
     learning_rate_range: tuple[float, float] = (2e-3, 2e-2)
@@ -73,6 +77,7 @@ class Member:
     learning_rate: float
     weight_decay: float
     dropout: float
+    l2: float | None = None  # a linear member's L2 strength (its other hyperparameters are 0: it is fit exactly)
 
 
 def _stratified(rng: np.random.Generator, n: int, lo: float, hi: float, log: bool) -> NDArray[np.float64]:
@@ -561,24 +566,55 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
             p.copy_(b)
     net.eval()
     if result.stopped_by is None:
-        _select(net, result, cfg, plan, pool, best_out, alive, best_epoch, task)
+        linear = _fit_linear(pool, cfg, plan, data) if cfg.linear_members and cfg.linear_skip else None
+        _select(net, result, cfg, plan, pool, best_out, alive, best_epoch, task, linear)
     return result
 
 
+def _fit_linear(pool: _Pool, cfg: EnsembleConfig, plan: list[Member], data: TrainData) -> LinearFit:
+    """The linear models for selection: one per strength on each fold's training rows (or on the training split)."""
+    folds = sorted({m.fold for m in plan if m.fold is not None})
+    first = [next(m.index for m in plan if m.fold == f) for f in folds] if folds else [0]
+    train_weight = pool.train_mask[first] * pool.row_weight[None, :]
+    with torch.no_grad():
+        return fit_linear(pool.X, pool.Y, train_weight, data.task, data.n_classes, cfg.seed)
+
+
 def _select(net: EnsembleNet, result: TrainResult, cfg: EnsembleConfig, plan: list[Member], pool: _Pool,
-            best_out: torch.Tensor, alive: torch.Tensor, best_epoch: torch.Tensor, task: Task) -> None:
-    """Choose configs on held-out predictions, keep their members, and record the kept ensemble's figures."""
+            best_out: torch.Tensor, alive: torch.Tensor, best_epoch: torch.Tensor, task: Task,
+            linear: LinearFit | None = None) -> None:
+    """Choose configs on held-out predictions, keep their members, and record the kept ensemble's figures.
+    `linear` models join as further members (one config per strength, a member per fold)."""
     data = task.data
     n_classes = data.n_classes
     Ye = pool.Y[pool.eval_rows]
     we = pool.row_weight[pool.eval_rows]
+    val_mask = pool.val_mask
+    members_trained = len(plan)
+    if linear is not None:
+        strengths = sorted(set(linear.l2))
+        first_config = max(m.config for m in plan) + 1
+        folds = sorted({m.fold for m in plan if m.fold is not None})
+        lin_plan = [Member(index=len(plan) + j, config=first_config + strengths.index(l2),
+                           fold=folds[f] if folds else None, learning_rate=0.0, weight_decay=0.0, dropout=0.0, l2=l2)
+                    for j, (l2, f) in enumerate(zip(linear.l2, linear.fold_of, strict=True))]
+        held = [next(m.index for m in plan if m.fold == lm.fold) for lm in lin_plan]
+        with torch.inference_mode():
+            lin_out = torch.einsum("nd,ldo->lno", pool.X[pool.eval_rows], linear.weight) + linear.bias[:, None, :]
+        best_out = torch.cat([best_out, lin_out])
+        val_mask = torch.cat([val_mask, val_mask[held]])
+        alive = torch.cat([alive, torch.ones(len(lin_plan), dtype=torch.bool, device=alive.device)])
+        best_epoch = torch.cat([best_epoch, torch.zeros(len(lin_plan), dtype=best_epoch.dtype,
+                                                        device=best_epoch.device)])
+        net.append_linear(linear.weight, linear.bias)
+        plan = plan + lin_plan
     configs = sorted({m.config for m in plan})
     whole = [c for c in configs if all(bool(alive[m.index]) for m in plan if m.config == c)]
     dropped = [m.index for m in plan if not bool(alive[m.index])]
     values = member_probabilities(best_out, n_classes) if data.task == "classification" else best_out
     kept, member_weights = [], []
     if whole:
-        oof = torch.stack([(values * pool.val_mask[..., None])[[m.index for m in plan if m.config == c]].sum(0)
+        oof = torch.stack([(values * val_mask[..., None])[[m.index for m in plan if m.config == c]].sum(0)
                            for c in whole])
         weights = select_configs(oof, Ye, data.task, n_classes, cfg.selection_rounds,
                                  we if task.weight is not None else None)
@@ -594,9 +630,9 @@ def _select(net: EnsembleNet, result: TrainResult, cfg: EnsembleConfig, plan: li
         kept = [m.index for m in plan if bool(alive[m.index])]
         member_weights = [1.0 / len(kept)] * len(kept)
         config_weight = {}
-    weight_of = torch.zeros(len(plan), device=pool.val_mask.device)
+    weight_of = torch.zeros(len(plan), device=val_mask.device)
     weight_of[kept] = torch.as_tensor(member_weights, device=weight_of.device)
-    per_row = pool.val_mask * weight_of[:, None]
+    per_row = val_mask * weight_of[:, None]
     covered = per_row.sum(0) > 0
     final = combine(best_out, per_row, data.task, n_classes)[covered]
     with torch.inference_mode():
@@ -605,13 +641,15 @@ def _select(net: EnsembleNet, result: TrainResult, cfg: EnsembleConfig, plan: li
     result.kept_metrics = figures
     result.held_out = (final, Ye[covered])
     result.info["ensemble"] = {
-        "members": len(kept), "members_trained": len(plan), "folds": cfg.folds,
+        "members": len(kept), "members_trained": members_trained, "linear_models": len(plan) - members_trained,
+        "folds": cfg.folds,
         "validation": pool.info["validation"],
         "estimate": "out-of-fold" if cfg.folds > 1 else "validation split",
         "members_diverged": dropped,
         "kept": [{"member": m.index, "config": m.config, "fold": m.fold, "weight": round(w, 6),
-                  "learning_rate": m.learning_rate, "weight_decay": m.weight_decay, "dropout": m.dropout,
-                  "best_epoch": int(best_epoch[m.index])}
+                  **({"kind": "mlp", "learning_rate": m.learning_rate, "weight_decay": m.weight_decay,
+                      "dropout": m.dropout, "best_epoch": int(best_epoch[m.index])} if m.l2 is None else
+                     {"kind": "linear", "l2": m.l2})}
                  for m, w in ((plan[i], member_weights[j]) for j, i in enumerate(kept))],
         "config_weights": {str(c): round(w, 6) for c, w in config_weight.items() if w > 0},
     }

@@ -192,6 +192,22 @@ class EnsembleNet(nn.Module):
             h = h + self.skip(x)
         return h
 
+    def append_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Add L members that are plain linear models (weight [L, in, out], bias [L, out]): their MLP layers are
+        all zero, so their output is the skip path's alone. Members m ≥ the old count are the new ones."""
+        if self.skip is None:
+            raise ValueError("linear members live on the linear skip path; this ensemble has none")
+        n = weight.shape[0]
+        for layer in self.layers:
+            assert isinstance(layer, BatchedLinear)
+            w, b = layer.weight.data, layer.bias.data
+            layer.weight = nn.Parameter(torch.cat([w, w.new_zeros(n, *w.shape[1:])]))
+            layer.bias = nn.Parameter(torch.cat([b, b.new_zeros(n, *b.shape[1:])]))
+        self.skip.weight = nn.Parameter(torch.cat([self.skip.weight.data, weight.to(self.skip.weight)]))
+        self.skip.bias = nn.Parameter(torch.cat([self.skip.bias.data, bias.to(self.skip.bias)[:, None, :]]))
+        self.dropout = torch.cat([self.dropout, self.dropout.new_zeros(n)])
+        self.member_weights = torch.cat([self.member_weights, self.member_weights.new_zeros(n)])
+
     def keep(self, members: list[int], weights: list[float]) -> None:
         """Drop every member not in `members` (in place); the kept ones average with `weights`."""
         idx = torch.as_tensor(members, dtype=torch.long, device=self.dropout.device)

@@ -172,7 +172,9 @@ def test_the_default_ensemble_reports_its_kept_members_and_predicts_with_their_s
                                "model": {"members": 8, "hidden_layers": [16]}, "training": {"epochs": 30}})
     assert job["status"] == "succeeded", job["error"]
     ensemble = job["result"]["ensemble"]
-    assert ensemble["members_trained"] == 8 and ensemble["members"] == len(ensemble["kept"]) <= 8
+    # a linear model per fold and strength beside the MLP members
+    assert ensemble["members_trained"] == 8 and ensemble["linear_models"] == 4 * 5
+    assert ensemble["members"] == len(ensemble["kept"]) <= 8 + 20
     assert ensemble["estimate"] == "out-of-fold" and ensemble["folds"] == 4
     assert sum(m["weight"] for m in ensemble["kept"]) == pytest.approx(1.0, abs=1e-5)
     # the headline is the kept ensemble's out-of-fold figure, not the last epoch's
@@ -226,6 +228,7 @@ def test_uncertainty_needs_an_ensemble(client, worker):
     ({"model": {"folds": 4}, "training": {"validation_fraction": 0.2}}, "training.validation_fraction",
      "own fold"),
     ({"model": {"activation": "threshold"}}, "model.activation", "zero gradient"),
+    ({"model": {"linear_skip": False, "linear_members": True}}, "model.linear_members", "skip path"),
 ])
 def test_impossible_ensemble_specs_are_422_naming_the_field(client, patch, field, fragment):
     ds = upload(client, "iris.csv").json()

@@ -237,7 +237,7 @@ def test_an_ensemble_round_trips_through_one_safetensors_file(tmp_path):
     a = predict_inputs(result.net, meta, prepared.X_test, uncertainty=True)
     b = predict_inputs(net, loaded, prepared.X_test, uncertainty=True)
     assert a == b and len(b["uncertainty"]) == len(prepared.X_test)
-    assert net.members == result.info["ensemble"]["members"] <= cfg.members
+    assert net.members == result.info["ensemble"]["members"] <= cfg.members + result.info["ensemble"]["linear_models"]
 
 
 def test_the_ensemble_scores_iris_like_a_careful_baseline():
@@ -261,7 +261,7 @@ def test_the_ensemble_trains_on_cuda_like_on_cpu():
 
 
 def test_when_every_setting_loses_a_member_the_survivors_average_equally():
-    prepared, cfg = _train_small()
+    prepared, cfg = _train_small(linear_members=False)  # linear models never diverge: none here
 
     def poison(report):
         if report.epoch == 2:
@@ -309,3 +309,54 @@ def test_the_ensemble_reports_a_long_epochs_steps_without_changing_its_training(
     assert all(r.steps == steps and r.samples_per_second > 0 for r in reports)
     for a, b in zip(loud.net.state_dict().values(), quiet.net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def _near_linear(n: int = 240, seed: int = 0):
+    """A small regression whose truth is linear: a case where a ridge fit beats any MLP trained by minibatches."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (X @ np.array([1.0, -0.5, 0.25, 0.0, 0.0, 0.8]) + rng.normal(scale=1.0, size=n)).astype(np.float32)
+    return TrainData(task="regression", X_train=X, y_train=y, X_val=X[:0], y_val=y[:0])
+
+
+def test_linear_members_are_cross_fitted_ridge_models_that_selection_may_keep():
+    from sklearn.linear_model import Ridge
+
+    from service.training.ensemble import assign_folds
+    from service.training.linear import L2_STRENGTHS
+
+    data = _near_linear()
+    cfg = EnsembleConfig(members=8, folds=4, hidden_layers=(32, 32), epochs=40, batch_size=32, seed=0)
+    result = train_ensemble(data, cfg)
+    info = result.info["ensemble"]
+    assert info["members_trained"] == 8 and info["linear_models"] == 4 * len(L2_STRENGTHS)
+    linear = [m for m in info["kept"] if m["kind"] == "linear"]
+    assert linear and sum(m["weight"] for m in linear) > 0.5  # the truth is linear: selection leans on them
+    fold = assign_folds(len(data.X_train), cfg.folds, cfg.seed)
+    net = result.net
+    X = torch.as_tensor(data.X_train)
+    kept = [m["member"] for m in info["kept"]]
+    with torch.inference_mode():
+        out = net(X)
+    for slot, m in enumerate(info["kept"]):
+        if m["kind"] != "linear":
+            continue
+        # its MLP layers are zero: the output is the skip path's alone, a ridge fit on every fold but its own
+        assert all(float(layer.weight.detach()[slot].abs().max()) == 0 for layer in net.layers)
+        rows = fold != m["fold"]
+        ref = Ridge(alpha=m["l2"] * rows.sum()).fit(data.X_train[rows].astype(np.float64), data.y_train[rows])
+        np.testing.assert_allclose(out[slot, :, 0].numpy(), ref.predict(data.X_train), atol=1e-4)
+    assert len(kept) == net.members
+
+
+def test_linear_members_follow_the_config_and_leave_training_unchanged():
+    data = _near_linear()
+    cfg = EnsembleConfig(members=4, folds=2, hidden_layers=(8,), epochs=6, batch_size=32, seed=1)
+    with_linear = train_ensemble(data, cfg)
+    without = train_ensemble(data, EnsembleConfig(**{**cfg.__dict__, "linear_members": False}))
+    assert without.info["ensemble"]["linear_models"] == 0
+    assert all(m["kind"] == "mlp" for m in without.info["ensemble"]["kept"])
+    # the MLP members train exactly as before: the linear models are fit after, from the same rows
+    assert [r["member_val_loss"] for r in with_linear.history] == [r["member_val_loss"] for r in without.history]
+    skipless = train_ensemble(data, EnsembleConfig(**{**cfg.__dict__, "linear_skip": False}))
+    assert skipless.info["ensemble"]["linear_models"] == 0  # they live on the skip path

@@ -21,7 +21,8 @@ def test_submit_returns_202_with_location_and_inferred_task(client, iris):
     assert job["spec"]["schema_version"] == 2
     assert job["spec"]["model"] == {"type": "ensemble", "hidden_layers": [64, 64], "activation": "relu",
                                     "dropout": None, "batch_norm": False, "members": 16, "folds": 4,
-                                    "linear_skip": True, "dropout_range": [0.0, 0.3], "bins": 16}
+                                    "linear_skip": True, "linear_members": True, "dropout_range": [0.0, 0.3],
+                                    "bins": 16}
     training = job["spec"]["training"]
     assert training["batch_size"] == 32 and training["optimizer"] == "adamw"
     assert training["learning_rate_range"] == [0.002, 0.02] and training["validation_fraction"] == 0.0

@@ -41,8 +41,8 @@ def _warm_up() -> None:
                                ("regression", rng.normal(size=8).astype(np.float32), 0)):
         data = TrainData(task=task, X_train=X, y_train=y, X_val=X[:4], y_val=y[:4], n_classes=n_classes)
         train(data, NetSpec(hidden_layers=(4,)), TrainConfig(epochs=1, batch_size=4))
-        # the default model's kernels (batched products, multi-tensor AdamW, selection) too, but not its linear
-        # members: their LAPACK solves would start a thread pool here that the forked job then hangs on
+        # the default model's kernels (batched products, multi-tensor AdamW, selection) too; not its linear
+        # members' LAPACK solves, which only ever run in a job's own process (its thread count set there)
         train_ensemble(data, EnsembleConfig(members=4, folds=2, hidden_layers=(4,), epochs=1, batch_size=4,
                                             linear_members=False))
 

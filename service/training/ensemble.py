@@ -3,8 +3,9 @@
 Every member has its own initialisation, learning rate, weight decay and dropout rate, drawn from the spec's
 ranges, and all of them step on the same minibatches in one forward/backward pass. Members that share their
 hyperparameters form a *config*. On small data the members are cross-fitted: member m of a config holds out fold
-m mod F for its own early stopping, so every row trains most members and each row's out-of-fold prediction comes
-only from members that never trained on it. On large data every member validates on one shared split. Configs
+m mod F, so every row trains most members and each row's out-of-fold prediction comes only from members that
+never trained on it; the members of a config keep the weights of one epoch, the one with the config's lowest loss
+over all their held-out rows. On large data every member validates on one shared split. Configs
 are then chosen greedily on those held-out predictions (Caruana et al., "Ensemble selection from libraries of
 models", 2004), and the model keeps the chosen members with their weights.
 """
@@ -215,7 +216,7 @@ class EnsembleState:
     generator: torch.Tensor
     rng: dict[str, torch.Tensor]
     best_net: dict[str, torch.Tensor]
-    best_loss: torch.Tensor  # [K] each member's best held-out loss
+    best_loss: torch.Tensor  # [K] each member's best held-out loss (cross-fitted: its config's)
     best_epoch: torch.Tensor  # [K]
     since: torch.Tensor  # [K] epochs since each member last improved
     ensemble_best: torch.Tensor  # the lowest held-out loss of the epochs' ensembles so far
@@ -396,6 +397,23 @@ class _TrainHits:
         return self.correct / self.counted.clamp_min(1)
 
 
+def _config_loss(member_loss: torch.Tensor, member_rows: torch.Tensor, config_of: torch.Tensor,
+                 configs: int) -> torch.Tensor:
+    """[K] the loss of each member's config: its members' held-out losses weighted by their held-out rows
+    (`member_rows` 0 for a member left out: a diverged one does not hold back the rest of its config).
+
+    A member that kept its own best epoch on its own fold would pick, among many noisy epochs, the one that happens
+    to suit those few rows, and its out-of-fold predictions would look better than the member is: on small data
+    that optimism is larger for the MLPs than for the exactly fitted linear members, and selection then favours
+    the wrong one. One epoch chosen per config from every row (as cross-validation chooses an epoch count) is a
+    choice among the same epochs on four times the rows."""
+    total = torch.zeros(configs, dtype=torch.float64, device=member_loss.device)
+    rows = torch.zeros(configs, dtype=torch.float64, device=member_loss.device)
+    total.index_add_(0, config_of, torch.where(member_rows > 0, member_loss * member_rows, 0.0))
+    rows.index_add_(0, config_of, member_rows)
+    return (total / rows)[config_of]
+
+
 def _snapshot_rng(dev: torch.device) -> dict[str, torch.Tensor]:
     states = {"cpu": torch.get_rng_state()}
     if dev.type == "cuda":
@@ -406,8 +424,8 @@ def _snapshot_rng(dev: torch.device) -> dict[str, torch.Tensor]:
 def train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str = "cpu", on_epoch: EpochHook | None = None,
                    resume: EnsembleState | None = None, history: list[dict[str, Any]] | None = None,
                    on_step: StepHook | None = None) -> TrainResult:
-    """Train every member at once; keep each member's best epoch; select configs on held-out predictions. A long
-    epoch's steps are reported to `on_step`."""
+    """Train every member at once; keep each member's (cross-fitted: each config's) best epoch; select configs
+    on held-out predictions. A long epoch's steps are reported to `on_step`."""
     # Adam's second moments of quiet weights sink into denormal floats, which the CPU handles dozens of times
     # slower (measured: a third of a small job's time in one sqrt); flushing them to zero changes nothing else.
     with flushed_denormals():
@@ -464,6 +482,10 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
         alive.copy_(resume.alive)
         best_out.copy_(resume.best_out)
         first_epoch = resume.epoch + 1
+    # Cross-fitted members choose their epoch per config: the config's loss over every row, each row scored by the
+    # member that held it out, so that one epoch is chosen for all of them on all the data (see _config_loss).
+    config_of = torch.as_tensor([m.config for m in plan], device=dev) if cfg.folds > 1 else None
+    val_rows = val_weight.sum(1).double()
     n_classes = data.n_classes
     classify = data.task == "classification"
     net.train()
@@ -506,9 +528,10 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
                 raise TrainingError(f"loss became NaN at epoch {epoch} in every member: training diverged; lower "
                                     f"learning_rate_range (now {list(cfg.learning_rate_range)}) or check the data "
                                     "for extreme values")
-            improved = alive & (val_loss < best_loss)
-            progress = alive & (val_loss < best_loss * (1 - cfg.min_improvement))
-            best_loss = torch.where(improved, val_loss, best_loss)
+            score = val_loss if config_of is None else _config_loss(val_loss, val_rows * alive, config_of, cfg.configs)
+            improved = alive & (score < best_loss)
+            progress = alive & (score < best_loss * (1 - cfg.min_improvement))
+            best_loss = torch.where(improved, score, best_loss)
             best_epoch = torch.where(improved, epoch, best_epoch)
             since = torch.where(progress, 0, since + 1)
             best_out[improved] = out[improved]
@@ -556,7 +579,7 @@ def _train_ensemble(data: TrainData, cfg: EnsembleConfig, device: str, on_epoch:
                 result.stopped_by = reason
                 break
         # Stop when every member has stalled, or when the ensemble as a whole has: a slow member's last small
-        # gains do not move the average (every member keeps the weights of its own best epoch either way).
+        # gains do not move the average (every member keeps the weights of its best epoch either way).
         patience = cfg.early_stopping_patience
         if patience and (bool((since[alive] >= patience).all()) or int(ensemble_since) >= patience):
             result.stopped_at = epoch

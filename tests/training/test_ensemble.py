@@ -176,6 +176,28 @@ def test_resuming_mid_ensemble_continues_bit_for_bit(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_cross_fitted_members_of_a_config_keep_the_epoch_of_the_configs_lowest_out_of_fold_loss():
+    """Not each member's own best epoch on its own fold (optimistic on few rows): the epoch whose held-out losses,
+    weighted by each member's held-out rows, are lowest for the config as a whole, recomputed from the history."""
+    prepared, cfg = _train_small(linear_members=False, epochs=60, early_stopping_patience=0,
+                                 learning_rate_range=(0.02, 0.1))
+    result = train_ensemble(prepared.data, cfg)
+    plan = member_plan(cfg)
+    n = len(prepared.data.X_train) + len(prepared.data.X_val)
+    fold = assign_folds(n, cfg.folds, cfg.seed, np.concatenate([prepared.data.y_train, prepared.data.y_val]))
+    rows = np.array([(fold == m.fold).sum() for m in plan], dtype=float)
+    losses = np.array([row["member_val_loss"] for row in result.history])  # [epochs, K]
+    best = {m["member"]: m["best_epoch"] for m in result.info["ensemble"]["kept"]}
+    assert best, "nothing kept"
+    own_best_differs = False
+    for c in {plan[i].config for i in best}:
+        members = [m.index for m in plan if m.config == c]
+        config_loss = (losses[:, members] * rows[members]).sum(1) / rows[members].sum()
+        assert {best[i] for i in members} == {int(np.argmin(config_loss)) + 1}
+        own_best_differs |= any(int(np.argmin(losses[:, i])) + 1 != best[i] for i in members)
+    assert own_best_differs, "every member's own best epoch is its config's: the rule is not exercised"
+
+
 def test_a_diverged_member_is_dropped_with_a_note_not_failing_the_job():
     prepared, cfg = _train_small()
 

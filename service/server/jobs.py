@@ -27,7 +27,7 @@ from service.server.auth import Principal, can_see, visible
 from service.server.config import Settings
 from service.server.devices import waiting_reason
 from service.server.errors import InvalidInput, NotFound, TooManyRequests
-from service.server.spec import SPEC_VERSION, StoredSpec, read_spec, required
+from service.server.spec import SPEC_VERSION, StoredSpec, ensemble_integer_levels, read_spec, required
 from service.server.spec import resolve as resolve_spec
 from service.server.storage import Storage
 from service.server.tables import Dataset, EpochMetric, Job, JobStatus
@@ -182,9 +182,10 @@ def _check_ensemble(spec: StoredSpec, *, n_rows: int) -> None:
                        "fold; leave validation_fraction out, or set model.folds to 1 to use a shared split")
 
 
-def _width(column: dict[str, Any], model: ModelSpec) -> int:
+def _width(column: dict[str, Any], model: ModelSpec, integer_levels: int = 0) -> int:
     """Network inputs one column becomes (at most): one-hot for categories, every element of an array column;
-    for the ensemble, a numeric column's bins and missing-value input too."""
+    for the ensemble, a numeric column's bins (a whole-number column's may be one per level, up to
+    `integer_levels`) and missing-value input too."""
     if column["kind"] in CATEGORICAL_KINDS:
         return max(min(int(column["n_unique"]), MAX_CATEGORY_LEVELS), 1)
     if column["kind"] == "datetime":
@@ -192,14 +193,19 @@ def _width(column: dict[str, Any], model: ModelSpec) -> int:
     if column["kind"] == "tensor":
         return math.prod(column.get("shape") or [1])
     if model.type == "ensemble" and column["kind"] == "numeric":
-        return 1 + (model.bins or 0) + bool(column.get("n_missing", 0) > 0)
+        bins = model.bins or 0
+        if bins and int(column.get("n_unique", 0)) <= integer_levels:  # whole numbers or not: at most this many
+            bins = max(bins, int(column.get("n_unique", 0)))
+        return 1 + bins + bool(column.get("n_missing", 0) > 0)
     return 1
 
 
 def estimate_parameters(spec: StoredSpec, dataset: Dataset) -> int:
     """An upper bound of the network's size from the column summary (categories may be fewer after the split)."""
     columns = {c["name"]: c for c in dataset.columns}
-    n_in = sum(_width(columns[f], spec.model) for f in spec.features)
+    n_numeric = sum(spec.column_kinds.get(f) == "numeric" for f in spec.features)
+    levels = ensemble_integer_levels(n_numeric) if n_numeric else 0
+    n_in = sum(_width(columns[f], spec.model, levels) for f in spec.features)
     n_classes = int(columns[spec.targets[0]]["n_unique"]) if spec.task == "classification" else 0
     n_out = output_width(spec.task, n_inputs=n_in, n_classes=n_classes, n_targets=len(spec.targets))
     # Counted from the spec (the network the worker will build has exactly these): the API never loads torch.

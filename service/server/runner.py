@@ -17,7 +17,7 @@ from service.server.db import make_engine, make_sessionmaker, session_scope
 from service.server.devices import CpuLoad, cpu_budget
 from service.server.logs import configure as configure_logging
 from service.server.logs import job_id_var
-from service.server.spec import StoredSpec, read_spec, required
+from service.server.spec import StoredSpec, ensemble_integer_levels, read_spec, required
 from service.server.storage import Storage, StorageRefused, StorageUnavailable
 from service.server.tables import Dataset, Job, Model
 from service.training import ingest, streaming
@@ -332,7 +332,10 @@ def encoding_for(spec: StoredSpec) -> Encoding:
     seen in one training row only; the single networks keep the lecture's plain encoding."""
     if spec.model.type != "ensemble":
         return Encoding()
-    return Encoding(missing_indicators=True, bins=spec.model.bins or 0, min_category_rows=2)
+    # specs stored before kinds were recorded keep quantile bins only
+    n_numeric = sum(spec.column_kinds.get(f) == "numeric" for f in spec.features)
+    return Encoding(missing_indicators=True, bins=spec.model.bins or 0, min_category_rows=2,
+                    integer_levels=ensemble_integer_levels(n_numeric) if n_numeric else 0)
 
 
 def _pair(values: list[float] | None, name: str) -> tuple[float, float]:

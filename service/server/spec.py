@@ -88,6 +88,12 @@ def ensemble_bins(n_numeric: int) -> int:
     return min(MAX_BINS, max(MIN_BINS, BIN_INPUTS // max(n_numeric, 1)))
 
 
+def ensemble_integer_levels(n_numeric: int) -> int:
+    """Most distinct values a whole-number column may have for one bin per value: its share of BIN_INPUTS (see
+    features.Encoding.integer_levels)."""
+    return BIN_INPUTS // max(n_numeric, 1)
+
+
 def _fill(given: BaseModel, defaults: dict[str, Any]) -> dict[str, Any]:
     values = given.model_dump(mode="json")
     return {k: (defaults[k] if v is None and k in defaults else v) for k, v in values.items()}

@@ -41,10 +41,18 @@ class Encoding:
     missing_indicators: bool = False  # a 0/1 "was missing" input for numeric columns with missing values
     bins: int = 0  # piecewise-linear quantile bins per numeric column (0: none)
     min_category_rows: int = 1  # levels in fewer training rows share the all-zero encoding of unseen levels
+    # A numeric column of whole numbers with more distinct values than `bins` + 1 and at most this many (each seen in
+    # LEVEL_ROWS training rows on average) gets one bin per value instead of quantile bins: every level its own
+    # threshold, as a one-hot of the codes beside the value would give (a school or region number, a count), where
+    # quantile bins would merge neighbouring levels that have nothing in common. 0: quantile bins only.
+    integer_levels: int = 0
 
 
 # Kinds a feature is one-hot encoded as: identifiers and free text only train where a job lists them.
 CATEGORICAL_KINDS = ("categorical", "identifier", "text")
+
+# Training rows per level, on average, that a whole-number column needs for a bin per level (Encoding.integer_levels).
+LEVEL_ROWS = 20
 
 
 def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str],
@@ -70,11 +78,23 @@ def fit_preprocessing(table: pa.Table, features: list[str], kinds: dict[str, str
                 raise DataError(f"feature '{name}' has no numeric values in the training rows", column=name)
             median = float(np.median(finite))
             filled = np.where(np.isnan(values), median, values)
-            edges = (np.quantile(finite, np.linspace(0, 1, encoding.bins + 1))
-                     if encoding.bins and kinds[name] == "numeric" else None)
+            edges = None
+            if encoding.bins and kinds[name] == "numeric":
+                edges = (_integer_edges(finite, encoding) if encoding.integer_levels and
+                         np.all(finite == np.round(finite)) else
+                         np.quantile(finite, np.linspace(0, 1, encoding.bins + 1)))
             out.append(numeric_item(name, kinds[name], median, float(filled.mean()), float(filled.std()),
                                     finite.size < values.size, edges, encoding))
     return {"features": out, "n_inputs": sum(_input_width(f) for f in out)}
+
+
+def _integer_edges(values: NDArray[np.float64], encoding: Encoding) -> NDArray[np.float64]:
+    """Bin edges of a whole-number column: one bin per distinct value (the first from one below the least), or the
+    quantile bins when it has too few or too many levels for that (see Encoding.integer_levels)."""
+    levels = np.unique(values)
+    if not encoding.bins + 1 < levels.size <= encoding.integer_levels or values.size < LEVEL_ROWS * levels.size:
+        return np.quantile(values, np.linspace(0, 1, encoding.bins + 1))
+    return np.concatenate([levels[:1] - 1, levels])
 
 
 def categorical_item(name: str, values: list[Any], freq: list[int], encoding: Encoding) -> dict[str, Any]:

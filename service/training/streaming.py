@@ -164,7 +164,9 @@ def _feature_width(summary: dict[str, Any], kind: str, encoding: Encoding) -> in
         return max(1, min(n_unique, MAX_CATEGORY_LEVELS))
     width = 1 + bool(encoding.missing_indicators and summary.get("n_missing"))
     if encoding.bins and kind == "numeric" and n_unique >= 3:
-        width += min(encoding.bins, n_unique - 1) - 1
+        # a whole-number column may get a bin per level in memory (features.Encoding.integer_levels)
+        width += n_unique if encoding.bins + 1 < n_unique <= encoding.integer_levels else \
+            min(encoding.bins, n_unique - 1) - 1
     return width
 
 

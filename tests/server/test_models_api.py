@@ -1,6 +1,8 @@
 """Every model type and training option through POST /jobs, trained by a real worker process."""
 
 import io
+import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -252,3 +254,27 @@ def test_more_folds_than_rows_is_422_naming_folds(client):
     assert client.get("/jobs").json()["total"] == 0
     # the default (4 folds) holds out one XOR row per fold and trains
     assert client.post("/jobs", json={"dataset_id": ds["id"], "target": "y"}).status_code == 202
+
+
+def test_a_whole_number_code_column_gets_a_bin_per_level_in_the_default_ensemble(client, worker):
+    """Through a real job: the school number's 30 levels each get their own bin (the model's stored
+    preprocessing says so), the decimal column keeps its quantile bins, and predictions follow each level's own
+    effect, which is unrelated to the numbers' order."""
+    rng = np.random.default_rng(0)
+    school = rng.integers(1, 31, size=1500)
+    effect = rng.normal(size=31) * 3
+    noise = rng.normal(size=1500)
+    score = effect[school] + 0.1 * noise
+    rows = "".join(f"{s},{n:.4f},{v:.4f}\n" for s, n, v in zip(school, noise, score, strict=True))
+    ds = upload(client, "schools.csv", ("school,noise,score\n" + rows).encode()).json()
+    job = run(client, worker, {"dataset_id": ds["id"], "target": "score", "training": {"epochs": 30}})
+    assert job["status"] == "succeeded", job["error"]
+    meta = json.loads(zipfile.ZipFile(io.BytesIO(client.get(f"/models/{job['model_id']}/download").content))
+                      .read("model.json"))
+    bins = {f["name"]: f["bins"] for f in meta["preprocessing"]["features"]}
+    assert bins["school"] == [0.0, *map(float, range(1, 31))]
+    assert len(bins["noise"]) == job["spec"]["model"]["bins"] + 1
+    records = [{"school": s, "noise": 0.0} for s in range(1, 31)]
+    predicted = np.array(client.post("/predict", json={"model_id": job["model_id"], "records": records})
+                         .json()["predictions"], dtype=float)
+    assert np.corrcoef(predicted, effect[1:])[0, 1] > 0.95

@@ -194,7 +194,11 @@ def _width(column: dict[str, Any], model: ModelSpec, integer_levels: int = 0) ->
         return math.prod(column.get("shape") or [1])
     if model.type == "ensemble" and column["kind"] == "numeric":
         bins = model.bins or 0
-        if bins and int(column.get("n_unique", 0)) <= integer_levels:  # whole numbers or not: at most this many
+        # whole numbers: an integer column, or floats the summary marks as such (it does so up to 20 levels; a
+        # float column of more whole-number levels is counted with quantile bins and may come out larger)
+        stats = column.get("stats", {})
+        whole = column.get("dtype", "").startswith(("int", "uint")) or bool(stats.get("whole_numbers"))
+        if bins and whole and int(column.get("n_unique", 0)) <= integer_levels:
             bins = max(bins, int(column.get("n_unique", 0)))
         return 1 + bins + bool(column.get("n_missing", 0) > 0)
     return 1

@@ -301,6 +301,17 @@ def test_spec_limits_are_422_naming_the_field(migrated, limits, patch, field, fr
         assert c.get("/jobs").json()["total"] == 0
 
 
+def test_the_parameter_estimate_counts_a_bin_per_level_of_a_whole_number_column(migrated):
+    # 16 members × (48·8+8 + 8·1+1 + a 48·1+1 linear path): inputs are school's value and 30 level bins, noise's
+    # value and 16 quantile bins
+    rows = "".join(f"{1 + i % 30},{(i * 7919) % 1000 / 999:.4f},{i % 30 * 0.5:.2f}\n" for i in range(1500))
+    with limited(migrated, max_parameters=1000) as c:
+        ds = upload(c, "schools.csv", ("school,noise,score\n" + rows).encode()).json()
+        body = problem(c.post("/jobs", json={"dataset_id": ds["id"], "target": "score",
+                                             "model": {"hidden_layers": [8]}}), 422)
+        assert "about 7,200 parameters" in body["detail"], body
+
+
 def test_runtime_ceiling_applies_to_jobs_that_set_none(migrated):
     with limited(migrated, max_runtime_s=60, max_parameters=100) as c:
         ds = upload(c, "iris.csv").json()

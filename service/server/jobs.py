@@ -32,7 +32,7 @@ from service.server.spec import resolve as resolve_spec
 from service.server.storage import Storage
 from service.server.tables import Dataset, EpochMetric, Job, JobStatus
 from service.training import checks, dates
-from service.training.features import CATEGORICAL_KINDS
+from service.training.features import CATEGORICAL_KINDS, summary_bins
 from service.training.ingest import MAX_CATEGORY_LEVELS, DataError, infer_task
 from service.training.tasks import metric_names, output_width, parameter_count
 
@@ -193,14 +193,7 @@ def _width(column: dict[str, Any], model: ModelSpec, integer_levels: int = 0) ->
     if column["kind"] == "tensor":
         return math.prod(column.get("shape") or [1])
     if model.type == "ensemble" and column["kind"] == "numeric":
-        bins = model.bins or 0
-        # whole numbers: an integer column, or floats the summary marks as such (it does so up to 20 levels; a
-        # float column of more whole-number levels is counted with quantile bins and may come out larger)
-        stats = column.get("stats", {})
-        whole = column.get("dtype", "").startswith(("int", "uint")) or bool(stats.get("whole_numbers"))
-        if bins and whole and int(column.get("n_unique", 0)) <= integer_levels:
-            bins = max(bins, int(column.get("n_unique", 0)))
-        return 1 + bins + bool(column.get("n_missing", 0) > 0)
+        return 1 + summary_bins(column, model.bins or 0, integer_levels) + bool(column.get("n_missing", 0) > 0)
     return 1
 
 

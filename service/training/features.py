@@ -97,6 +97,17 @@ def _integer_edges(values: NDArray[np.float64], encoding: Encoding) -> NDArray[n
     return np.concatenate([levels[:1] - 1, levels])
 
 
+def summary_bins(summary: dict[str, Any], bins: int, integer_levels: int) -> int:
+    """Bin inputs a numeric column may get, from its data set summary: one per level where its values are whole
+    numbers (an integer column, or floats the summary marks `whole_numbers`) and Encoding.integer_levels allows it,
+    else `bins`. The summary marks floats only up to a few levels, so a float column of more whole-number levels
+    may get more than this says."""
+    n_unique = int(summary.get("n_unique") or 0)
+    whole = str(summary.get("dtype", "")).startswith(("int", "uint")) or \
+        bool(summary.get("stats", {}).get("whole_numbers"))
+    return n_unique if bins and whole and bins + 1 < n_unique <= integer_levels else bins
+
+
 def categorical_item(name: str, values: list[Any], freq: list[int], encoding: Encoding) -> dict[str, Any]:
     """A categorical feature's parameters from its levels and their counts in the training rows."""
     most = min(zip(values, freq, strict=True), key=lambda vc: (-vc[1], vc[0]))[0]

@@ -64,6 +64,7 @@ from service.training.features import (
     encode_regression,
     encode_target,
     numeric_item,
+    summary_bins,
     transform,
 )
 from service.training.ingest import MAX_CATEGORY_LEVELS, DataError
@@ -165,8 +166,8 @@ def _feature_width(summary: dict[str, Any], kind: str, encoding: Encoding) -> in
     width = 1 + bool(encoding.missing_indicators and summary.get("n_missing"))
     if encoding.bins and kind == "numeric" and n_unique >= 3:
         # a whole-number column may get a bin per level in memory (features.Encoding.integer_levels)
-        width += n_unique if encoding.bins + 1 < n_unique <= encoding.integer_levels else \
-            min(encoding.bins, n_unique - 1) - 1
+        levels = summary_bins(summary, encoding.bins, encoding.integer_levels)
+        width += levels if levels > encoding.bins else min(encoding.bins, n_unique - 1) - 1
     return width
 
 
